@@ -1,0 +1,126 @@
+"""DCP's Cross-Modal Prompt Attention (spec section 3).
+
+Each tower's prompt states attend to themselves with the *other* tower's prompts as queries:
+
+    v' = v + MHA_v(q=LN1_v(W_t2v t), k=v=LN1_v(v));   v' = v' + MLP_v(LN2_v(v'))
+    t' = t + MHA_t(q=LN1_t(W_v2t v), k=t=LN1_t(t));   t' = t' + MLP_t(LN2_t(t'))
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..clip.model import LayerNorm, QuickGELU
+from ..registry import FUSIONS
+from .base import Fusion
+
+
+def _mlp(d: int) -> nn.Sequential:
+    return nn.Sequential(OrderedDict([("c_fc", nn.Linear(d, 4 * d)), ("gelu", QuickGELU()),
+                                      ("c_proj", nn.Linear(4 * d, d))]))
+
+
+class CMPABlock(nn.Module):
+    """One CMPA module (11,027,968 parameters at ViT-B/16)."""
+
+    def __init__(self, dt: int, dv: int):
+        super().__init__()
+        self.attn_v = nn.MultiheadAttention(dv, dv // 64, batch_first=True)
+        self.ln_1_v, self.mlp_v, self.ln_2_v = LayerNorm(dv), _mlp(dv), LayerNorm(dv)
+        self.attn_t = nn.MultiheadAttention(dt, dt // 64, batch_first=True)
+        self.ln_1_t, self.mlp_t, self.ln_2_t = LayerNorm(dt), _mlp(dt), LayerNorm(dt)
+        self.t2v = nn.Linear(dt, dv)
+        self.v2t = nn.Linear(dv, dt)
+
+    def vision(self, v: Tensor, t: Tensor) -> Tensor:
+        """v (B, n, Dv) queried by t (B or 1, n, Dt) -> v' (B, n, Dv)."""
+        q = self.ln_1_v(self.t2v(t)).expand(v.shape[0], -1, -1)
+        kv = self.ln_1_v(v)
+        v = v + self.attn_v(q, kv, kv, need_weights=False)[0]
+        return v + self.mlp_v(self.ln_2_v(v))
+
+    def text(self, t: Tensor, v: Tensor) -> Tensor:
+        """t (1, n, Dt) queried by v (1, n, Dv) -> t' (1, n, Dt)."""
+        q = self.ln_1_t(self.v2t(v))
+        kv = self.ln_1_t(t)
+        t = t + self.attn_t(q, kv, kv, need_weights=False)[0]
+        return t + self.mlp_t(self.ln_2_t(t))
+
+
+class _CMPA(Fusion):
+    kind = "states"
+
+    def __init__(self, dims, opts=None):
+        super().__init__(dims, opts)
+        self.require_coupled()
+        share = getattr(opts, "share", True)
+        count = 1 if share else dims.depth - 1
+        self.blocks = nn.ModuleList(CMPABlock(dims.dt, dims.dv) for _ in range(count))
+
+    def block(self, i: int) -> CMPABlock:
+        return self.blocks[0] if len(self.blocks) == 1 else self.blocks[i - 1]
+
+    def _f32(self, x: Optional[Tensor]) -> Optional[Tensor]:
+        return None if x is None else x.to(self.blocks[0].t2v.weight.dtype)
+
+
+@FUSIONS.register("cmpa")
+class CMPA(_CMPA):
+    """This project's reading of the paper: mutual, per image, batch-independent.
+
+    Each image updates its own visual prompts; the text side is queried by a visual summary
+    v_bar: the batch mean in training, a running mean (momentum 0.1, buffer (P-1, n, Dv))
+    at evaluation; t' is written back into the text tower.
+    """
+
+    def __init__(self, dims, opts=None):
+        super().__init__(dims, opts)
+        self.momentum = getattr(opts, "momentum", 0.1)
+        self.register_buffer("running_v", torch.zeros(dims.depth - 1, dims.n_vision, dims.dv))
+
+    def summary(self, i: int, v: Optional[Tensor]) -> Tensor:
+        """v_bar for block i: (1, n, Dv)."""
+        if self.training:
+            if v is None:
+                raise RuntimeError("CMPA needs the visual prompt states in training mode")
+            v_bar = v.mean(dim=0)
+            with torch.no_grad():
+                self.running_v[i - 1].lerp_(v_bar.detach(), self.momentum)
+            return v_bar[None]
+        return self.running_v[i - 1][None]
+
+    def forward(self, i: int, v: Optional[Tensor], t: Tensor) -> Tuple[Optional[Tensor], Tensor]:
+        v, t = self._f32(v), self._f32(t)
+        blk = self.block(i)
+        t_new = blk.text(t, self.summary(i, v))
+        v_new = blk.vision(v, t) if v is not None else None
+        return v_new, t_new
+
+
+@FUSIONS.register("cmpa_released")
+class CMPAReleased(_CMPA):
+    """The released code: visual states pooled over the batch (`fusing` mean/max/first) and
+    the one result broadcast to every image; the fused text is never written back (so the
+    text half is never computed here: it could not change any output)."""
+
+    def __init__(self, dims, opts=None):
+        super().__init__(dims, opts)
+        self.fusing = getattr(opts, "fusing", "mean")
+
+    def pool(self, x: Tensor) -> Tensor:
+        """(N, n, D) -> (n, D) over the batch (or class) dimension."""
+        if self.fusing == "mean":
+            return x.mean(dim=0)
+        if self.fusing == "max":
+            return x.max(dim=0).values
+        return x[0]
+
+    def forward(self, i: int, v: Optional[Tensor], t: Tensor) -> Tuple[Optional[Tensor], None]:
+        if v is None:
+            return None, None
+        v, t = self._f32(v), self._f32(t)
+        v_new = self.block(i).vision(self.pool(v)[None], self.pool(t)[None])[0]   # (n, Dv)
+        return v_new, None

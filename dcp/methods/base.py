@@ -1,0 +1,107 @@
+"""What every method is: a frozen CLIP plus a few learnable prompt tensors.
+
+    model = build_method(cfg.method, clip, classnames, template="a photo of a {}.")
+    logits = model(images)                    # (B, C); train mode: everything recomputed
+    model.eval()
+    with torch.no_grad():
+        cache = model.precompute()            # all that does not depend on the image
+        logits = model(images, cache)         # the same logits, far cheaper per batch
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..clip.model import CLIP
+from ..config import MethodOptions
+from ..prompting import ClassTexts
+from ..registry import METHODS
+
+
+class PromptModel(nn.Module):
+    """Base of all methods. Subclasses set `Options` and implement `precompute`/`forward`."""
+
+    Options = MethodOptions
+
+    def __init__(self, clip: CLIP, classnames: Sequence[str], opts: MethodOptions,
+                 template: str = "a photo of a {}."):
+        super().__init__()
+        self.clip = clip.requires_grad_(False).eval()
+        self.opts = opts
+        self.classnames = [c.replace("_", " ") for c in classnames]
+        self.template = template
+        self.speedups = True      # cut text to the longest EOS; callers may cache `precompute()`
+        self.text_chunk = 512     # classes per text-tower call
+
+    def set_class_texts(self, texts: ClassTexts) -> None:
+        """Keep the tokenised class prompts as (non-saved) buffers so they follow `.to()`."""
+        self.register_buffer("text_tokens", texts.tokens, persistent=False)
+        self.register_buffer("text_eot", texts.eot, persistent=False)
+        self.n_text_slots = texts.n
+
+    @property
+    def texts(self) -> ClassTexts:
+        return ClassTexts(self.text_tokens, self.text_eot, self.n_text_slots)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.clip.eval()          # the backbone stays frozen (BatchNorm statistics too)
+        return self
+
+    @property
+    def dims(self) -> Dict[str, int]:
+        """Widths read from the loaded CLIP: text Dt, vision Dv, joint E."""
+        v = self.clip.visual
+        dv = v.conv1.weight.shape[0] if hasattr(v, "class_embedding") else 0
+        return {"dt": self.clip.ln_final.weight.shape[0], "dv": dv,
+                "e": self.clip.text_projection.shape[1]}
+
+    def logits(self, f_img: Tensor, f_txt: Tensor) -> Tensor:
+        """exp(logit_scale) * cos similarity: (B, E) x (C, E) -> (B, C); (B, C, E) per image."""
+        f_img = F.normalize(f_img.float(), dim=-1)
+        f_txt = F.normalize(f_txt.float(), dim=-1)
+        scale = self.clip.logit_scale.exp().float()
+        if f_txt.dim() == 3:
+            return scale * torch.einsum("be,bce->bc", f_img, f_txt)
+        return scale * f_img @ f_txt.t()
+
+    def precompute(self) -> Optional[Dict[str, Any]]:
+        """Everything image-independent (class text features, fused prompts), or None."""
+        return None
+
+    def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- checkpoints
+    def trainable_state_dict(self) -> Dict[str, Tensor]:
+        """Learned tensors and method buffers: everything except the frozen CLIP."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+
+    def load_trainable_state_dict(self, sd: Dict[str, Tensor]) -> None:
+        own = self.trainable_state_dict()
+        missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+        bad = [k for k in own if k in sd and own[k].shape != sd[k].shape]
+        if missing or extra or bad:
+            raise ValueError(
+                f"checkpoint does not fit method {self.opts.name!r}: missing {missing}, "
+                f"unexpected {extra}, wrong shape "
+                f"{[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in bad]}")
+        self.load_state_dict(sd, strict=False)
+
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+
+def build_method(opts: MethodOptions, clip: CLIP, classnames: Sequence[str],
+                 template: str = "a photo of a {}.") -> PromptModel:
+    """Instantiate the method registered under `opts.name`."""
+    cls = METHODS.get(opts.name)
+    if not isinstance(opts, cls.Options):
+        raise TypeError(f"method {opts.name!r} expects {cls.Options.__name__}, got {type(opts).__name__}")
+    return cls(clip, classnames, opts, template=template)

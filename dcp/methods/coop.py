@@ -1,0 +1,146 @@
+"""Zero-shot CLIP, CoOp and CoCoOp: prompts in the text input only (spec section 2)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..config import MethodOptions
+from ..prompting import class_texts, encode_texts, init_embeddings, prompt_prefix, static_step
+from ..registry import METHODS
+from .base import PromptModel
+
+
+@dataclass
+class ZeroShotOptions(MethodOptions):
+    name: str = "zeroshot"
+    template: str = ""            # "" = the dataset's CoOp template, e.g. "a photo of a {}."
+
+
+@METHODS.register("zeroshot")
+class ZeroShot(PromptModel):
+    """CLIP with one hand-written template per dataset; nothing is learned."""
+    Options = ZeroShotOptions
+
+    def __init__(self, clip, classnames, opts: ZeroShotOptions, template="a photo of a {}."):
+        super().__init__(clip, classnames, opts, template)
+        self.set_class_texts(class_texts(self.classnames, opts.template or template))
+
+    def precompute(self) -> Dict[str, Tensor]:
+        return {"text": encode_texts(self.clip, self.texts, cut=self.speedups, chunk=self.text_chunk)}
+
+    def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
+        cache = cache or self.precompute()
+        return self.logits(self.clip.encode_image(images), cache["text"])
+
+
+@dataclass
+class CoOpOptions(MethodOptions):
+    name: str = "coop"
+    n_ctx: int = 16
+    init: str = ""                        # init words; n_ctx becomes their count
+    class_token_position: str = "end"     # end | middle | front
+    class_specific: bool = False          # one context per class (C, n, Dt)
+
+    def validate(self):
+        if self.class_token_position not in ("end", "middle", "front"):
+            raise ValueError(f"class_token_position must be end, middle or front, "
+                             f"not {self.class_token_position!r}")
+        if self.n_ctx < 1 and not self.init:
+            raise ValueError("n_ctx must be >= 1")
+
+
+@METHODS.register("coop")
+class CoOp(PromptModel):
+    """Learned context vectors replace the words before (around) the class name.
+
+    end:    [SOS][ctx][class .][EOS];  middle: [SOS][ctx/2][class][ctx/2][.][EOS];
+    front:  [SOS][class][ctx][.][EOS]. ctx: (n, Dt), or (C, n, Dt) class-specific.
+    """
+    Options = CoOpOptions
+
+    def __init__(self, clip, classnames, opts: CoOpOptions, template="a photo of a {}."):
+        super().__init__(clip, classnames, opts, template)
+        n = len(opts.init.split()) if opts.init else opts.n_ctx
+        prefix, use_init = prompt_prefix(n, opts.init)
+        self.set_class_texts(class_texts(self.classnames, prefix + " {}.", n))
+        C, dt = len(self.classnames), self.dims["dt"]
+        shape = (C, n, dt) if opts.class_specific else (n, dt)
+        ctx = (init_embeddings(clip, opts.init, n).expand(shape).clone() if use_init
+               else torch.randn(shape) * 0.02)
+        self.ctx = nn.Parameter(ctx)
+        self.register_buffer("order", self._order(opts.class_token_position, n), persistent=False)
+
+    def _order(self, position: str, n: int) -> Tensor:
+        """(C, 77) gather index turning the `end` layout into `middle` or `front`."""
+        L = self.text_tokens.shape[1]
+        lens = class_texts(self.classnames, "{}").eot - 1          # class-name token counts
+        order = torch.arange(L).repeat(len(self.classnames), 1)
+        if position == "end":
+            return order
+        half = n // 2
+        for c, k in enumerate(lens.tolist()):
+            ctx, name = list(range(1, 1 + n)), list(range(1 + n, 1 + n + k))
+            new = ctx[:half] + name + ctx[half:] if position == "middle" else name + ctx
+            order[c, 1:1 + n + k] = torch.tensor(new)
+        return order
+
+    def embeddings(self) -> Tensor:
+        """Class prompt embeddings without positions: (C, 77, Dt)."""
+        tok = self.text_tokens
+        emb = self.clip.token_embedding(tok)
+        ctx = self.ctx.to(emb.dtype).expand(tok.shape[0], -1, -1)
+        n = ctx.shape[1]
+        emb = torch.cat([emb[:, :1], ctx, emb[:, 1 + n:]], dim=1)
+        return emb.gather(1, self.order.unsqueeze(-1).expand_as(emb))
+
+    def precompute(self) -> Dict[str, Tensor]:
+        return {"text": encode_texts(self.clip, self.texts, cut=self.speedups,
+                                     chunk=self.text_chunk, embeds=self.embeddings())}
+
+    def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
+        cache = cache or self.precompute()
+        return self.logits(self.clip.encode_image(images), cache["text"])
+
+
+@dataclass
+class CoCoOpOptions(MethodOptions):
+    name: str = "cocoop"
+    n_ctx: int = 4
+    init: str = "a photo of a"
+
+
+@METHODS.register("cocoop")
+class CoCoOp(PromptModel):
+    """Context conditioned on the image: ctx_i = ctx + meta_net(norm(f_img_i)).
+
+    meta_net: Linear(E, E//16) - ReLU - Linear(E//16, Dt). The text tower runs once per
+    image, so nothing can be cached across images.
+    """
+    Options = CoCoOpOptions
+
+    def __init__(self, clip, classnames, opts: CoCoOpOptions, template="a photo of a {}."):
+        super().__init__(clip, classnames, opts, template)
+        n = len(opts.init.split()) if opts.init else opts.n_ctx
+        prefix, use_init = prompt_prefix(n, opts.init)
+        self.set_class_texts(class_texts(self.classnames, prefix + " {}.", n))
+        d = self.dims
+        self.ctx = nn.Parameter(init_embeddings(clip, opts.init, n) if use_init
+                                else torch.randn(n, d["dt"]) * 0.02)
+        self.meta_net = nn.Sequential(OrderedDict([
+            ("linear1", nn.Linear(d["e"], d["e"] // 16)),
+            ("relu", nn.ReLU(inplace=True)),
+            ("linear2", nn.Linear(d["e"] // 16, d["dt"])),
+        ]))
+
+    def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
+        f_img = self.clip.encode_image(images)                               # (B, E)
+        shift = self.meta_net(f_img.float() / f_img.float().norm(dim=-1, keepdim=True))
+        ctx = self.ctx + shift[:, None]                                      # (B, n, Dt)
+        f_txt = torch.stack([
+            encode_texts(self.clip, self.texts, static_step(text=[c]), depth=1,
+                         cut=self.speedups, chunk=self.text_chunk) for c in ctx])   # (B, C, E)
+        return self.logits(f_img, f_txt)

@@ -1,0 +1,256 @@
+"""Deep prompts in one or both towers, exchanged by a registered fusion module.
+
+One learner serves VPT, IVLP, MaPLe, MuDPT and DCP (and any plugin fusion): they differ only
+in which prompts own parameters and which fusion module couples them (spec sections 2-4).
+
+    learned: text   ctx (n, Dt) for block 0, text_deep (text_params-1, n, Dt)
+             vision vision_ctx (n_v, Dv),    vision_deep (vision_params-1, n_v, Dv)
+    fusion "params" kind: per-block prompt lists -> per-block prompt lists (once per forward)
+    fusion "states" kind: called before each block i >= 1 on the running prompt states
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..config import MethodOptions
+from ..fusion import Dims
+from ..prompting import (class_texts, encode_texts, init_embeddings, prompt_prefix, run_towers,
+                         static_step)
+from ..registry import FUSIONS, METHODS
+from .base import PromptModel
+
+
+@dataclass
+class DeepOptions(MethodOptions):
+    name: str = "deep"
+    variant: str = "paper"          # paper | released (where the released code differs)
+    n_ctx: int = 2                  # text prompt tokens per block (0: text tower unprompted)
+    n_ctx_vision: int = 2           # vision prompt tokens per block (0: vision unprompted)
+    depth: int = 9                  # text blocks 0..depth-1 carry prompts
+    depth_vision: int = -1          # vision blocks 0..depth_vision-1; -1 = depth
+    text_params: int = -1           # blocks with learned text prompts of their own; -1 = depth
+    vision_params: int = -1         # likewise for vision; 0 = made by the fusion module
+    init: str = "a photo of a"      # init words for the text slots (n_ctx <= max_init_words)
+    max_init_words: int = 4
+    fusion: str = "none"            # registered fusion module
+    fusion_args: Dict[str, Any] = field(default_factory=dict)   # keywords for a plugin fusion
+
+    def validate(self):
+        if self.variant not in ("paper", "released"):
+            raise ValueError(f"variant must be 'paper' or 'released', not {self.variant!r}")
+        for k in ("n_ctx", "n_ctx_vision", "depth"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0")
+
+    def fusion_name(self) -> str:
+        return self.fusion
+
+    @property
+    def cut_init(self) -> bool:
+        """Keep only the first n init words in the prompt (MuDPT's released template)."""
+        return False
+
+
+@METHODS.register("deep")
+class DeepPrompts(PromptModel):
+    Options = DeepOptions
+
+    def __init__(self, clip, classnames, opts: DeepOptions, template="a photo of a {}."):
+        super().__init__(clip, classnames, opts, template)
+        d = self.dims
+        if not d["dv"] and opts.n_ctx_vision:
+            raise ValueError(f"method {opts.name!r} puts prompts into a vision transformer; "
+                             "this CLIP has a ResNet image tower (use a ViT checkpoint)")
+        n, nv = opts.n_ctx, opts.n_ctx_vision
+        depth = opts.depth if n else 0
+        depth_v = (opts.depth if opts.depth_vision < 0 else opts.depth_vision) if nv else 0
+        self._check_depth(depth, len(clip.transformer.resblocks), "depth")
+        if nv:
+            self._check_depth(depth_v, len(clip.visual.transformer.resblocks), "depth_vision")
+        self.depth, self.depth_vision = depth, depth_v
+
+        prefix, use_init = prompt_prefix(n, opts.init, opts.max_init_words, opts.cut_init)
+        self.set_class_texts(class_texts(self.classnames, prefix + " {}.", n))
+        tp = depth if opts.text_params < 0 else min(opts.text_params, depth)
+        vp = depth_v if opts.vision_params < 0 else min(opts.vision_params, depth_v)
+        self.text_params, self.vision_params = (tp if n else 0), (vp if nv else 0)
+        if self.text_params:
+            self.ctx = nn.Parameter(init_embeddings(clip, opts.init, n) if use_init
+                                    else torch.randn(n, d["dt"]) * 0.02)
+        if self.text_params > 1:
+            self.text_deep = nn.Parameter(torch.randn(tp - 1, n, d["dt"]) * 0.02)
+        if self.vision_params:
+            self.vision_ctx = nn.Parameter(torch.randn(nv, d["dv"]) * 0.02)
+        if self.vision_params > 1:
+            self.vision_deep = nn.Parameter(torch.randn(vp - 1, nv, d["dv"]) * 0.02)
+        dims = Dims(d["dt"], d["dv"], d["e"], n, nv, depth, depth_v)
+        self.fusion = FUSIONS.get(opts.fusion_name())(dims, opts, **opts.fusion_args)
+
+    @staticmethod
+    def _check_depth(depth: int, blocks: int, key: str) -> None:
+        if depth > blocks:
+            raise ValueError(f"{key}={depth} but this CLIP tower has only {blocks} blocks")
+
+    def banks(self) -> Tuple[List[Optional[Tensor]], List[Optional[Tensor]]]:
+        """The learned prompts per block: vision list (depth_vision), text list (depth)."""
+        t = [self.ctx] if self.text_params else []
+        t += list(self.text_deep) if self.text_params > 1 else []
+        v = [self.vision_ctx] if self.vision_params else []
+        v += list(self.vision_deep) if self.vision_params > 1 else []
+        return (v + [None] * (self.depth_vision - len(v)), t + [None] * (self.depth - len(t)))
+
+    @property
+    def coupled(self) -> bool:
+        return self.fusion.kind == "states"
+
+    # ------------------------------------------------------------------ text side
+    def _text(self, text_prompts) -> Tensor:
+        return encode_texts(self.clip, self.texts, static_step(text=text_prompts), self.depth,
+                            cut=self.speedups, chunk=self.text_chunk)
+
+    def _prompt_path(self) -> Tensor:
+        """[SOS, slot tokens] (1, n+1, Dt): the text prompt states never depend on the class
+        (causal mask), so this short sequence yields them for every class."""
+        return self.clip.token_embedding(self.text_tokens[:1, :1 + self.texts.n])
+
+    def precompute(self) -> Dict[str, Any]:
+        """Image-independent parts: fused prompts (or the per-block text states the visual
+        side queries) and the class text features (C, E)."""
+        if not self.coupled:
+            v, t = self.fusion(*self.banks())
+            return {"vision": v, "text": self._text(t)}
+        if self.training:
+            raise RuntimeError("the text side of a 'states' fusion depends on the batch in "
+                               "training mode: call precompute() in eval mode")
+        t_in, t_out = [None], [self.ctx]
+
+        def step(i, v, t):
+            if i == 0:
+                return None, self.ctx
+            t_in.append(t)
+            t_out.append(self.fusion(i, None, t)[1])
+            return None, t_out[-1]
+
+        run_towers(self.clip, text=self._prompt_path(), step=step, depth=self.depth)
+        return {"t_in": t_in, "text": self._text(t_out)}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
+        if self.coupled and cache is None:
+            return self._coupled(images)
+        cache = cache or self.precompute()
+        if self.coupled:
+            t_in = cache["t_in"]
+            step = lambda i, v, t: ((self.vision_ctx, None) if i == 0
+                                    else (self.fusion(i, v, t_in[i])[0], None))
+        else:
+            step = static_step(vision=cache["vision"])
+        v, _ = run_towers(self.clip, images, step=step, depth=self.depth_vision)
+        return self.logits(self.clip.visual.head(v), cache["text"])
+
+    def _coupled(self, images: Tensor) -> Tensor:
+        """Both towers in lock-step (training, or evaluation without the speed-ups)."""
+        t_out = [self.ctx]
+
+        def step(i, v, t):
+            if i == 0:
+                return self.vision_ctx, self.ctx
+            v_new, t_new = self.fusion(i, v, t)
+            t_out.append(t_new)
+            return v_new, t_new
+
+        v, _ = run_towers(self.clip, images, self._prompt_path(), step, self.depth)
+        return self.logits(self.clip.visual.head(v), self._text(t_out))
+
+
+# ---------------------------------------------------------------------- presets
+@dataclass
+class VPTOptions(DeepOptions):
+    """VPT-deep: vision prompts only; text = frozen "a photo of a {}."."""
+    name: str = "vpt"
+    n_ctx: int = 0
+    n_ctx_vision: int = 8
+    depth: int = 12
+
+
+@dataclass
+class IVLPOptions(DeepOptions):
+    """Independent vision-language prompts (released config: n 2/2, depth 12/12)."""
+    name: str = "ivlp"
+    depth: int = 12
+
+
+@dataclass
+class MaPLeOptions(DeepOptions):
+    """MaPLe: text prompts per block; vision prompts are Linear_i(text prompt_i)."""
+    name: str = "maple"
+    depth: int = 9
+    vision_params: int = 0
+    fusion: str = "maple"
+
+
+@dataclass
+class MuDPTOptions(DeepOptions):
+    """MuDPT: deep prompts in both towers fused by the Injection Model (spec section 4)."""
+    name: str = "mudpt"
+    depth: int = 9
+    fusion: str = ""                # "" = by variant: paper -> injection, released -> linear_injection
+
+    def fusion_name(self) -> str:
+        return self.fusion or {"paper": "injection", "released": "linear_injection"}[self.variant]
+
+    @property
+    def cut_init(self) -> bool:
+        return self.variant == "released"      # "a photo {}." for n = 2
+
+
+@dataclass
+class DCPOptions(DeepOptions):
+    """DCP: shallow prompts T0/V0; CMPA generates every deeper prompt (spec section 3)."""
+    name: str = "dcp"
+    n_ctx: int = 16
+    n_ctx_vision: int = 16
+    depth: int = 10
+    text_params: int = 1
+    vision_params: int = 1
+    fusion: str = ""                # "" = by variant: paper -> cmpa, released -> cmpa_released
+    share: bool = True              # one CMPA module for all blocks (else one per block 1..P-1)
+    fusing: str = "mean"            # released: pool over the batch with mean | max | first
+    momentum: float = 0.1           # paper: running mean of the visual summary
+
+    def validate(self):
+        super().validate()
+        if self.fusing not in ("mean", "max", "first"):
+            raise ValueError(f"fusing must be mean, max or first, not {self.fusing!r}")
+
+    def fusion_name(self) -> str:
+        return self.fusion or {"paper": "cmpa", "released": "cmpa_released"}[self.variant]
+
+
+@METHODS.register("vpt")
+class VPT(DeepPrompts):
+    Options = VPTOptions
+
+
+@METHODS.register("ivlp")
+class IVLP(DeepPrompts):
+    Options = IVLPOptions
+
+
+@METHODS.register("maple")
+class MaPLe(DeepPrompts):
+    Options = MaPLeOptions
+
+
+@METHODS.register("mudpt")
+class MuDPT(DeepPrompts):
+    Options = MuDPTOptions
+
+
+@METHODS.register("dcp")
+class DCP(DeepPrompts):
+    Options = DCPOptions
