@@ -91,6 +91,11 @@ class PromptModel(nn.Module):
                 f"{[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in bad]}")
         self.load_state_dict(sd, strict=False)
 
+    def load_released(self, path) -> None:
+        """Load prompts trained with the authors' released code (see `dcp.released`)."""
+        from ..released import load_released
+        load_released(self, path)
+
     def trainable_parameters(self) -> List[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
