@@ -322,3 +322,16 @@ def test_resnet_clip_runs_text_methods_and_rejects_visual_prompts():
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 2)
     with pytest.raises(ValueError, match="ResNet image tower"):
         build_method(config_from_dict({"method": {"name": "maple"}}).method, clip, ["a", "b"])
+
+
+@pytest.mark.parametrize("case", ["coop", "maple", "dcp", "cocoop"])
+def test_activation_checkpointing_gives_the_same_gradients(clip, images, case):
+    grads = []
+    for flag in (False, True):
+        model = make(clip, case).train()
+        model.grad_checkpoint = flag
+        F.cross_entropy(model(images), torch.arange(6) % len(CLASSNAMES)).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5)

@@ -35,6 +35,7 @@ class PromptModel(nn.Module):
         self.template = template
         self.speedups = True      # cut text to the longest EOS; callers may cache `precompute()`
         self.text_chunk = 512     # classes per text-tower call
+        self.grad_checkpoint = False  # recompute block activations in backward (less memory)
 
     def set_class_texts(self, texts: ClassTexts) -> None:
         """Keep the tokenised class prompts as (non-saved) buffers so they follow `.to()`."""
@@ -58,6 +59,11 @@ class PromptModel(nn.Module):
         dv = v.conv1.weight.shape[0] if hasattr(v, "class_embedding") else 0
         return {"dt": self.clip.ln_final.weight.shape[0], "dv": dv,
                 "e": self.clip.text_projection.shape[1]}
+
+    def frozen_image_features(self, images: Tensor) -> Tensor:
+        """(B, 3, R, R) -> (B, E) through the unprompted image tower (no graph is kept)."""
+        with torch.no_grad():
+            return self.clip.encode_image(images)
 
     def logits(self, f_img: Tensor, f_txt: Tensor) -> Tensor:
         """exp(logit_scale) * cos similarity: (B, E) x (C, E) -> (B, C); (B, C, E) per image."""

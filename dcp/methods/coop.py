@@ -34,7 +34,7 @@ class ZeroShot(PromptModel):
 
     def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
         cache = cache or self.precompute()
-        return self.logits(self.clip.encode_image(images), cache["text"])
+        return self.logits(self.frozen_image_features(images), cache["text"])
 
 
 @dataclass
@@ -98,12 +98,12 @@ class CoOp(PromptModel):
         return emb.gather(1, self.order.unsqueeze(-1).expand_as(emb))
 
     def precompute(self) -> Dict[str, Tensor]:
-        return {"text": encode_texts(self.clip, self.texts, cut=self.speedups,
-                                     chunk=self.text_chunk, embeds=self.embeddings())}
+        return {"text": encode_texts(self.clip, self.texts, cut=self.speedups, chunk=self.text_chunk,
+                                     embeds=self.embeddings(), checkpoint=self.grad_checkpoint)}
 
     def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
         cache = cache or self.precompute()
-        return self.logits(self.clip.encode_image(images), cache["text"])
+        return self.logits(self.frozen_image_features(images), cache["text"])
 
 
 @dataclass
@@ -137,10 +137,11 @@ class CoCoOp(PromptModel):
         ]))
 
     def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
-        f_img = self.clip.encode_image(images)                               # (B, E)
+        f_img = self.frozen_image_features(images)                           # (B, E)
         shift = self.meta_net(f_img.float() / f_img.float().norm(dim=-1, keepdim=True))
         ctx = self.ctx + shift[:, None]                                      # (B, n, Dt)
         f_txt = torch.stack([
-            encode_texts(self.clip, self.texts, static_step(text=[c]), depth=1,
-                         cut=self.speedups, chunk=self.text_chunk) for c in ctx])   # (B, C, E)
+            encode_texts(self.clip, self.texts, static_step(text=[c]), depth=1, cut=self.speedups,
+                         chunk=self.text_chunk, checkpoint=self.grad_checkpoint)
+            for c in ctx])                                                   # (B, C, E)
         return self.logits(f_img, f_txt)

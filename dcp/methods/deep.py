@@ -110,7 +110,8 @@ class DeepPrompts(PromptModel):
     # ------------------------------------------------------------------ text side
     def _text(self, text_prompts) -> Tensor:
         return encode_texts(self.clip, self.texts, static_step(text=text_prompts), self.depth,
-                            cut=self.speedups, chunk=self.text_chunk)
+                            cut=self.speedups, chunk=self.text_chunk,
+                            checkpoint=self.grad_checkpoint)
 
     def _prompt_path(self) -> Tensor:
         """[SOS, slot tokens] (1, n+1, Dt): the text prompt states never depend on the class
@@ -149,7 +150,8 @@ class DeepPrompts(PromptModel):
                                     else (self.fusion(i, v, t_in[i])[0], None))
         else:
             step = static_step(vision=cache["vision"])
-        v, _ = run_towers(self.clip, images, step=step, depth=self.depth_vision)
+        v, _ = run_towers(self.clip, images, step=step, depth=self.depth_vision,
+                          checkpoint=self.grad_checkpoint)
         return self.logits(self.clip.visual.head(v), cache["text"])
 
     def _coupled(self, images: Tensor) -> Tensor:
@@ -163,7 +165,8 @@ class DeepPrompts(PromptModel):
             t_out.append(t_new)
             return v_new, t_new
 
-        v, _ = run_towers(self.clip, images, self._prompt_path(), step, self.depth)
+        v, _ = run_towers(self.clip, images, self._prompt_path(), step, self.depth,
+                          checkpoint=self.grad_checkpoint)
         return self.logits(self.clip.visual.head(v), self._text(t_out))
 
 
