@@ -72,6 +72,7 @@ class DeepPrompts(PromptModel):
         if nv:
             self._check_depth(depth_v, len(clip.visual.transformer.resblocks), "depth_vision")
         self.depth, self.depth_vision = depth, depth_v
+        self._fixed_text = None
 
         prefix, use_init = prompt_prefix(n, opts.init, opts.max_init_words, opts.cut_init)
         self.set_class_texts(class_texts(self.classnames, prefix + " {}.", n))
@@ -109,6 +110,13 @@ class DeepPrompts(PromptModel):
 
     # ------------------------------------------------------------------ text side
     def _text(self, text_prompts) -> Tensor:
+        if self.depth == 0:          # unprompted text tower (VPT): constant features, kept
+            key = (self.speedups, self.text_tokens.device, self.clip.dtype)
+            if self._fixed_text is None or self._fixed_text[0] != key:
+                with torch.no_grad():
+                    self._fixed_text = (key, encode_texts(self.clip, self.texts, cut=self.speedups,
+                                                          chunk=self.text_chunk))
+            return self._fixed_text[1]
         return encode_texts(self.clip, self.texts, static_step(text=text_prompts), self.depth,
                             cut=self.speedups, chunk=self.text_chunk,
                             checkpoint=self.grad_checkpoint)
