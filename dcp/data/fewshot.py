@@ -1,0 +1,251 @@
+"""Few-shot draws and the base/novel class split (spec §5).
+
+Draw: per class, the class's images sorted by path are shuffled by its own generator
+`random.Random(f"dcp-fewshot:{seed}:{split}:{classname}")` and the first K are taken. So a draw
+depends only on (images, seed, K): not on call order, global RNG state, data-loader workers or
+labels (drawing before or after base/novel subsampling gives the same files), and a K-shot
+draw contains every smaller-K draw of the same seed. Validation takes min(K, 4) per class.
+
+When the dataset folder holds the draw cached by the released code
+(`split_fewshot/shot_K-seed_S.pkl`, Dassl `Datum` objects), it is used instead: read with a
+restricted unpickler that maps exactly `dassl.data.datasets.base_dataset.Datum` to a plain
+record and refuses everything else; its absolute paths are placed in the user's folder by
+their path relative to the image folder (the longest path suffix that the split lists).
+
+With `run_dir`, the draw is recorded as `run_dir/fewshot.json` (readable JSON, paths
+relative to the image folder); a run folder that already holds one repeats that draw.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from dcp.utils import atomic_write_text
+
+from .splits import (DatasetError, DatasetSplits, Datum, check_files_exist, json_rows_text,
+                     to_entries)
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = "fewshot.json"
+FORMAT = "dcp-fewshot-1"
+
+
+# --------------------------------------------------------------------------- cached Dassl draws
+class CachedDatum:
+    """Harmless stand-in for Dassl's `Datum` while unpickling: four checked fields, no code."""
+    __slots__ = ("impath", "label", "domain", "classname")
+    _fields = {"_impath": str, "_label": int, "_domain": int, "_classname": str}
+
+    def __setstate__(self, state) -> None:
+        if not isinstance(state, dict) or set(state) != set(self._fields):
+            raise pickle.UnpicklingError(f"unexpected Datum state {state!r}")
+        for key, tp in self._fields.items():
+            if not isinstance(state[key], tp) or isinstance(state[key], bool):
+                raise pickle.UnpicklingError(f"Datum.{key} must be {tp.__name__}, got {state[key]!r}")
+            setattr(self, key[1:], state[key])
+
+
+class DasslUnpickler(pickle.Unpickler):
+    """Allows exactly `dassl.data.datasets.base_dataset.Datum` (as `CachedDatum`)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("dassl.data.datasets.base_dataset", "Datum"):
+            return CachedDatum
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def read_dassl_fewshot(path: Path) -> Dict[str, List[CachedDatum]]:
+    """`{"train": [...], "val": [...]}` (val may be absent: ImageNet) from a released-code pkl."""
+    try:
+        with open(path, "rb") as f:
+            data = DasslUnpickler(f).load()
+    except Exception as e:   # any failure of an untrusted file becomes one clear error
+        raise DatasetError(f"cannot read few-shot cache {path}: {e} (expected a pickle of "
+                           "{'train': [Datum...], 'val': [Datum...]} written by CoOp/Dassl)") from e
+    ok = isinstance(data, dict) and "train" in data and set(data) <= {"train", "val"} and all(
+        isinstance(v, list) and all(isinstance(d, CachedDatum) for d in v) for v in data.values())
+    if not ok:
+        raise DatasetError(f"few-shot cache {path}: expected {{'train': [Datum...], 'val': "
+                           f"[Datum...]}}, got {type(data).__name__}")
+    return data
+
+
+def _place(cached: Sequence[CachedDatum], known: Dict[str, Datum], splits: DatasetSplits,
+           path: Path, split: str) -> List[Datum]:
+    """Map cached absolute paths to `known` (relative path -> Datum) by longest path suffix.
+
+    Cached labels are in the full class list; classes outside a base/new subset are dropped.
+    """
+    out = []
+    for c in cached:
+        if not 0 <= c.label - splits.label_offset < splits.num_classes:
+            continue
+        parts = [p for p in re.split(r"[\\/]+", c.impath) if p]
+        datum = next((known[r] for r in ("/".join(parts[i:]) for i in range(len(parts)))
+                      if r in known), None)
+        if datum is None:
+            raise DatasetError(f"few-shot cache {path}: {c.impath} is not an image of the {split} "
+                               f"split under {splits.image_dir}; the cache was drawn from another "
+                               "split: delete it or build the dataset with fewshot_cache=False")
+        if datum.label + splits.label_offset != c.label or datum.classname != c.classname:
+            raise DatasetError(f"few-shot cache {path}: {c.impath} has label {c.label} "
+                               f"({c.classname!r}) but the split says "
+                               f"{datum.label + splits.label_offset} ({datum.classname!r})")
+        out.append(datum)
+    return out
+
+
+def _from_cache(splits: DatasetSplits, shots: int, seed: int):
+    """(draw, pkl path) from the released code's cache, or ({}, None) when there is none."""
+    if not (splits.fewshot_cache and splits.dataset_dir):
+        return {}, None
+    path = Path(splits.dataset_dir) / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
+    if not path.is_file():
+        return {}, None
+    cached = read_dassl_fewshot(path)
+    out = {}
+    for split in ("train", "val"):
+        if split not in cached:
+            continue
+        known = {os.path.relpath(d.path, splits.image_dir).replace(os.sep, "/"): d
+                 for d in getattr(splits, split)}
+        out[split] = _place(cached[split], known, splits, path, split)
+    check_files_exist((d.path for v in out.values() for d in v), f"few-shot cache {path}",
+                      "the images of the dataset's split")
+    log.info("%s: using the released code's few-shot draw %s (%s)", splits.name, path,
+             ", ".join(f"{k}: {len(v)}" for k, v in out.items()))
+    return out, path
+
+
+# --------------------------------------------------------------------------- drawing
+def draw_per_class(data: Sequence[Datum], k: int, seed: int, split: str, name: str) -> List[Datum]:
+    """K items per class (all of a smaller class, with a warning); see the module docstring."""
+    by_class: Dict[int, List[Datum]] = defaultdict(list)
+    for d in data:
+        by_class[d.label].append(d)
+    out: List[Datum] = []
+    for label in sorted(by_class):
+        items = sorted(by_class[label], key=lambda d: d.path)
+        cname = items[0].classname
+        random.Random(f"dcp-fewshot:{seed}:{split}:{cname}").shuffle(items)
+        if len(items) < k:
+            log.warning("%s: class %r has only %d %s image(s), fewer than %d: using all of them",
+                        name, cname, len(items), split, k)
+        out += items[:k]
+    return out
+
+
+def fewshot(splits: DatasetSplits, shots: int, seed: int,
+            run_dir: Optional[str] = None) -> DatasetSplits:
+    """A copy of `splits` with K=`shots` train images and min(K, 4) val images per class.
+
+    `shots <= 0` returns `splits` unchanged (all images). See the module docstring for the draw,
+    the released-code cache and the record in `run_dir`.
+    """
+    if shots <= 0:
+        log.info("%s: shots=%d: using every training image", splits.name, shots)
+        return splits
+    if not splits.train:
+        raise DatasetError(f"{splits.name} has no training images (an evaluation-only dataset): "
+                           "few-shot training needs a dataset with a train split")
+    record = Path(run_dir) / RECORD_NAME if run_dir else None
+    if record is not None and record.is_file():
+        rec = load_fewshot(record, image_dir=splits.image_dir)
+        want = {"dataset": splits.name, "shots": shots, "seed": seed, "subsample": splits.subsample}
+        got = {k: rec[k] for k in want}
+        if got != want or rec["classnames"] != splits.classnames:
+            raise DatasetError(f"{record} records the draw of {got} with {len(rec['classnames'])} "
+                               f"classes, this run asks for {want} with {splits.num_classes}: use "
+                               "another run folder")
+        log.info("%s: repeating the few-shot draw recorded in %s", splits.name, record)
+        draw = {"train": rec["train"], "val": rec["val"]}
+        source = f"record {record}"
+    else:
+        draw, pkl = _from_cache(splits, shots, seed)
+        source = f"released-code cache {pkl}" if pkl else "drawn"
+        for split, k in (("train", shots), ("val", min(shots, 4))):
+            if split not in draw:
+                draw[split] = draw_per_class(getattr(splits, split), k, seed, split, splits.name)
+    out = dataclasses.replace(splits, train=draw["train"], val=draw["val"],
+                              fewshot_info={"shots": shots, "seed": seed, "source": source,
+                                            "record": str(record) if record else None})
+    if record is not None and not record.is_file():
+        save_fewshot(out, record)
+    return out
+
+
+def save_fewshot(draw: DatasetSplits, path) -> None:
+    """Write a few-shot `DatasetSplits` (from `fewshot`) as readable JSON, atomically."""
+    info = draw.fewshot_info or {}
+    doc = {"format": FORMAT, "dataset": draw.name, "shots": info.get("shots"),
+           "seed": info.get("seed"), "source": info.get("source"), "subsample": draw.subsample,
+           "image_dir": draw.image_dir, "classnames": draw.classnames}
+    lists = {s: to_entries(getattr(draw, s), draw.image_dir) for s in ("train", "val")}
+    atomic_write_text(path, json_rows_text(doc, lists))
+    log.info("few-shot draw recorded in %s", path)
+
+
+def load_fewshot(path, image_dir: Optional[str] = None) -> dict:
+    """Read a record of `save_fewshot`: its fields, with `train`/`val` as lists of `Datum`.
+
+    Relative paths are resolved against `image_dir` (default: the recorded one); every file
+    must exist.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatasetError(f"cannot read few-shot record {path}: {e}") from e
+    need = ("dataset", "shots", "seed", "subsample", "image_dir", "classnames", "train", "val")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or any(k not in doc for k in need):
+        raise DatasetError(f"{path}: not a few-shot record ({FORMAT}) with keys {', '.join(need)}")
+    base = image_dir or doc["image_dir"]
+    n = len(doc["classnames"])
+    for split in ("train", "val"):
+        items = []
+        for i, e in enumerate(doc[split]):
+            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[1], int)
+                    and 0 <= e[1] < n and doc["classnames"][e[1]] == e[2]):
+                raise DatasetError(f"{path}, {split}[{i}]: expected [path, label in 0..{n - 1}, "
+                                   f"its class name], got {e!r}")
+            items.append(Datum(os.path.join(base, e[0]), e[1], e[2]))
+        doc[split] = items
+    check_files_exist((d.path for s in ("train", "val") for d in doc[s]), f"few-shot record {path}",
+                      f"paths relative to {base}")
+    return doc
+
+
+# --------------------------------------------------------------------------- base / novel
+def subsample_classes(splits: DatasetSplits, subsample: str) -> DatasetSplits:
+    """Keep all classes, the base half (first ceil(C/2) labels) or the new half, relabelled from 0."""
+    if subsample not in ("all", "base", "new"):
+        raise DatasetError(f"subsample must be all, base or new, got {subsample!r}")
+    if subsample == "all":
+        return splits
+    if splits.subsample != "all":
+        raise DatasetError(f"{splits.name} is already subsampled to {splits.subsample!r} classes")
+    c = splits.num_classes
+    m = math.ceil(c / 2)
+    keep = range(0, m) if subsample == "base" else range(m, c)
+    lo = keep.start
+
+    def pick(data: Sequence[Datum]) -> List[Datum]:
+        return [Datum(d.path, d.label - lo, d.classname) for d in data if d.label in keep]
+
+    indices = splits.imagenet_indices
+    return dataclasses.replace(
+        splits, train=pick(splits.train), val=pick(splits.val), test=pick(splits.test),
+        classnames=splits.classnames[keep.start:keep.stop],
+        imagenet_indices=indices[keep.start:keep.stop] if indices is not None else None,
+        subsample=subsample, label_offset=splits.label_offset + lo)

@@ -1,0 +1,258 @@
+"""Few-shot draws (reproducible to the file), the released code's pkl cache, base/novel."""
+import json
+import logging
+import os
+import pickle
+import random
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import datafixtures as F
+from dcp.data import (DatasetError, DatasetSplits, build_dataset, fewshot, load_fewshot, save_fewshot,
+                      subsample_classes)
+from dcp.data.fewshot import DasslUnpickler, read_dassl_fewshot
+
+
+def _names(data):
+    return [os.path.basename(d.path) for d in data]
+
+
+@pytest.fixture
+def pets(tmp_path):
+    """oxford_pets with 5 classes x 20 train, 6 val images."""
+    ddir = tmp_path / "oxford_pets"
+    breeds = ["Abyssinian", "Bengal", "beagle", "boxer", "pug"]
+    rows = {"train": [], "val": [], "test": []}
+    for label, b in enumerate(breeds):
+        for split, n, start in (("train", 20, 0), ("val", 6, 100), ("test", 2, 200)):
+            rows[split] += [[f"{b}_{start + i}.jpg", label, b.lower()] for i in range(n)]
+    F.touch_images(ddir / "images" / r[0] for k in rows for r in rows[k])
+    (ddir / "split_zhou_OxfordPets.json").write_text(json.dumps(rows))
+    return tmp_path
+
+
+def test_draw_counts_and_determinism(pets):
+    ds = build_dataset("oxford_pets", str(pets))
+    a = fewshot(ds, 4, seed=1)
+    assert len(a.train) == 20 and len(a.val) == 20      # 4 per class; val min(4, 4)
+    assert all(sum(d.label == c for d in a.train) == 4 for c in range(5))
+    assert set(a.train) <= set(ds.train) and set(a.val) <= set(ds.val)
+    assert a.test == ds.test and a.classnames == ds.classnames
+    assert a.fewshot_info == {"shots": 4, "seed": 1, "source": "drawn", "record": None}
+    random.seed(12345)                                  # global RNG state is irrelevant
+    b = fewshot(build_dataset("oxford_pets", str(pets)), 4, seed=1)
+    assert a.train == b.train and a.val == b.val
+    c = fewshot(ds, 4, seed=2)
+    assert set(c.train) != set(a.train)
+    assert fewshot(ds, 2, seed=1).val == [d for d in fewshot(ds, 2, seed=1).val]
+    assert len(fewshot(ds, 16, seed=1).val) == 20       # min(16, 4) per class
+    assert len(fewshot(ds, 1, seed=1).val) == 5
+
+
+def test_draw_pinned_files(pets):
+    """The exact files of seed 1 (pins the documented per-class generator)."""
+    ds = build_dataset("oxford_pets", str(pets))
+    want = []
+    for label in range(5):
+        items = sorted((d for d in ds.train if d.label == label), key=lambda d: d.path)
+        random.Random(f"dcp-fewshot:1:train:{items[0].classname}").shuffle(items)
+        want += items[:2]
+    assert fewshot(ds, 2, seed=1).train == want
+
+
+def test_draw_independent_of_order_and_nested(pets):
+    ds = build_dataset("oxford_pets", str(pets))
+    shuffled = ds.__class__(**{**ds.__dict__, "train": list(reversed(ds.train))})
+    assert fewshot(shuffled, 8, 3).train == fewshot(ds, 8, 3).train
+    first = fewshot(ds, 8, 3).train                      # call order: another draw in between
+    fewshot(ds, 2, 7)
+    assert fewshot(ds, 8, 3).train == first
+    k2, k8 = fewshot(ds, 2, 3).train, fewshot(ds, 8, 3).train
+    assert set(k2) < set(k8)                              # a K-shot draw contains smaller K
+
+
+def test_small_class_warns(pets, caplog):
+    ds = build_dataset("oxford_pets", str(pets))
+    with caplog.at_level(logging.WARNING):
+        out = fewshot(ds, 32, 1)
+    assert len(out.train) == 100
+    assert "class 'abyssinian' has only 20 train image(s), fewer than 32" in caplog.text
+
+
+def test_record_save_load_and_repeat(pets, tmp_path):
+    ds = build_dataset("oxford_pets", str(pets))
+    run = tmp_path / "run"
+    a = fewshot(ds, 4, 1, run_dir=str(run))
+    rec = run / "fewshot.json"
+    doc = json.loads(rec.read_text())                    # readable JSON, paths relative to images/
+    assert doc["shots"] == 4 and doc["seed"] == 1 and doc["dataset"] == "oxford_pets"
+    assert doc["train"][0] == [os.path.basename(a.train[0].path), a.train[0].label,
+                               a.train[0].classname]
+    loaded = load_fewshot(rec)
+    assert loaded["train"] == a.train and loaded["val"] == a.val
+    # a run folder that holds a record repeats it, even if it was drawn differently
+    doc["train"] = doc["train"][1:]
+    rec.write_text(json.dumps(doc))
+    again = fewshot(ds, 4, 1, run_dir=str(run))
+    assert again.train == a.train[1:] and "record" in again.fewshot_info["source"]
+    with pytest.raises(DatasetError) as e:               # another config in the same run folder
+        fewshot(ds, 8, 1, run_dir=str(run))
+    assert str(rec) in str(e.value)
+    save_fewshot(a, tmp_path / "copy.json")
+    assert load_fewshot(tmp_path / "copy.json")["train"] == a.train
+    os.unlink(a.train[0].path)
+    with pytest.raises(DatasetError) as e:
+        load_fewshot(tmp_path / "copy.json")
+    assert a.train[0].path in str(e.value)
+
+
+def test_fewshot_on_eval_only_dataset_is_an_error():
+    empty = DatasetSplits("imagenet_a", [], [], [], ["a"], "a photo of a {}.", {})
+    with pytest.raises(DatasetError, match="no training images"):
+        fewshot(empty, 4, 1)
+    assert fewshot(empty, 0, 1) is empty                 # shots <= 0: all images
+
+
+# --------------------------------------------------------------------------- released-code cache
+@pytest.fixture
+def fake_dassl(monkeypatch):
+    """A class at module path dassl.data.datasets.base_dataset.Datum, as the released code has."""
+    names = ["dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset"]
+    mods = {n: types.ModuleType(n) for n in names}
+
+    class Datum:
+        def __init__(self, impath="", label=0, domain=0, classname=""):
+            self._impath, self._label, self._domain, self._classname = impath, label, domain, classname
+
+    Datum.__module__ = "dassl.data.datasets.base_dataset"
+    Datum.__qualname__ = "Datum"
+    mods["dassl.data.datasets.base_dataset"].Datum = Datum
+    for n, m in mods.items():
+        monkeypatch.setitem(sys.modules, n, m)
+    return Datum
+
+
+def _write_pkl(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _as_dassl(Datum, items, old_root="/home/someone/DATA"):
+    """Dassl Datums of `items` with the absolute paths of another machine."""
+    out = []
+    for d in items:
+        rel = d.path.split("oxford_pets" + os.sep, 1)[1]
+        out.append(Datum(f"{old_root}/oxford_pets/{rel}", d.label, 0, d.classname))
+    return out
+
+
+def test_cached_pkl_is_used_and_remapped(pets, fake_dassl):
+    ds = build_dataset("oxford_pets", str(pets))
+    chosen_train = [d for d in ds.train if d.path.endswith(("_7.jpg", "_13.jpg"))]
+    chosen_val = [d for d in ds.val if d.path.endswith("_101.jpg")]
+    _write_pkl(pets / "oxford_pets/split_fewshot/shot_2-seed_1.pkl",
+               {"train": _as_dassl(fake_dassl, chosen_train), "val": _as_dassl(fake_dassl, chosen_val)})
+    out = fewshot(ds, 2, 1)
+    assert out.train == chosen_train and out.val == chosen_val
+    assert "released-code cache" in out.fewshot_info["source"]
+    assert all(d.path.startswith(str(pets)) for d in out.train)
+    assert fewshot(ds, 2, 2).fewshot_info["source"] == "drawn"       # other seed: no cache
+    no_cache = build_dataset("oxford_pets", str(pets), fewshot_cache=False)
+    assert fewshot(no_cache, 2, 1).train != chosen_train
+    # base/new subsampling keeps the cached draw's classes of that half, relabelled
+    new = fewshot(subsample_classes(ds, "new"), 2, 1)
+    assert [(d.label, d.classname) for d in new.train] == [(0, "boxer"), (0, "boxer"), (1, "pug"), (1, "pug")]
+    assert _names(new.train) == ["boxer_7.jpg", "boxer_13.jpg", "pug_7.jpg", "pug_13.jpg"]
+
+
+def test_cached_pkl_train_only_and_windows_paths(pets, fake_dassl):
+    ds = build_dataset("oxford_pets", str(pets))
+    chosen = ds.train[:1] + ds.train[20:21]
+    dassl = [fake_dassl("C:\\data\\oxford_pets\\images\\" + os.path.basename(d.path), d.label, 0,
+                        d.classname) for d in chosen]
+    _write_pkl(pets / "oxford_pets/split_fewshot/shot_1-seed_5.pkl", {"train": dassl})
+    out = fewshot(ds, 1, 5)
+    assert out.train == chosen and len(out.val) == 5     # val drawn here (ImageNet-style cache)
+
+
+def test_cached_pkl_from_another_split_is_an_error(pets, fake_dassl):
+    ds = build_dataset("oxford_pets", str(pets))
+    bad = [fake_dassl("/x/oxford_pets/images/Sphynx_1.jpg", 0, 0, "abyssinian")]
+    pkl = pets / "oxford_pets/split_fewshot/shot_1-seed_1.pkl"
+    _write_pkl(pkl, {"train": bad, "val": []})
+    with pytest.raises(DatasetError) as e:
+        fewshot(ds, 1, 1)
+    assert str(pkl) in str(e.value) and "Sphynx_1.jpg" in str(e.value)
+    wrong_label = [fake_dassl("/x/oxford_pets/images/Bengal_3.jpg", 0, 0, "abyssinian")]
+    _write_pkl(pkl, {"train": wrong_label, "val": []})
+    with pytest.raises(DatasetError, match="has label 0"):
+        fewshot(ds, 1, 1)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused(pets, tmp_path):
+    marker = tmp_path / "pwned"
+    pkl = pets / "oxford_pets/split_fewshot/shot_1-seed_1.pkl"
+    _write_pkl(pkl, {"train": [_Evil(marker)], "val": []})
+    ds = build_dataset("oxford_pets", str(pets))
+    with pytest.raises(DatasetError) as e:
+        fewshot(ds, 1, 1)
+    assert "refusing to load global" in str(e.value) and str(pkl) in str(e.value)
+    assert not marker.exists()
+    for payload in ({"train": [eval], "val": []}, {"train": [Path("/")], "val": []}):
+        _write_pkl(pkl, payload)
+        with pytest.raises(DatasetError, match="refusing"):
+            read_dassl_fewshot(pkl)
+    assert DasslUnpickler is not pickle.Unpickler
+
+
+def test_dassl_datum_state_is_checked(pets, fake_dassl):
+    pkl = pets / "x.pkl"
+    d = fake_dassl("/a/b.jpg", 0, 0, "c")
+    d._label = "zero"
+    _write_pkl(pkl, {"train": [d]})
+    with pytest.raises(DatasetError, match="_label must be int"):
+        read_dassl_fewshot(pkl)
+    d2 = fake_dassl("/a/b.jpg", 0, 0, "c")
+    d2.extra = 1
+    _write_pkl(pkl, {"train": [d2]})
+    with pytest.raises(DatasetError, match="unexpected Datum state"):
+        read_dassl_fewshot(pkl)
+
+
+# --------------------------------------------------------------------------- base / novel
+def test_base_novel(pets):
+    ds = build_dataset("oxford_pets", str(pets))
+    base, new = subsample_classes(ds, "base"), subsample_classes(ds, "new")
+    assert subsample_classes(ds, "all") is ds
+    assert base.classnames == ["abyssinian", "bengal", "beagle"]     # ceil(5 / 2) = 3
+    assert new.classnames == ["boxer", "pug"]
+    for part, lo in ((base, 0), (new, 3)):
+        for split in ("train", "val", "test"):
+            full = [d for d in getattr(ds, split) if lo <= d.label < lo + part.num_classes]
+            got = getattr(part, split)
+            assert [d.path for d in got] == [d.path for d in full]
+            assert [d.label for d in got] == [d.label - lo for d in full]
+            assert all(part.classnames[d.label] == d.classname for d in got)
+    # the few-shot draw is the same files whether taken before or after subsampling
+    assert fewshot(new, 4, 1).train == subsample_classes(fewshot(ds, 4, 1), "new").train
+    with pytest.raises(DatasetError, match="subsample"):
+        subsample_classes(ds, "novel")
+
+
+def test_base_novel_imagenet_a_indices(tmp_path):
+    F.make_imagenet_family(tmp_path, parts=("imagenet-adversarial",))
+    ds = build_dataset("imagenet_a", str(tmp_path))
+    new = subsample_classes(ds, "new")
+    assert new.num_classes == 100 and new.imagenet_indices == F.A_IDX[100:]
+    assert all(F.NAMES[new.imagenet_indices[d.label]] == d.classname for d in new.test)

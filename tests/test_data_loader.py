@@ -1,0 +1,156 @@
+"""Image decoding, CLIP transforms, bad images (fail / skip) and the loaders."""
+import logging
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler
+
+import datafixtures as F
+from dcp.data import (CLIP_MEAN, CLIP_STD, DatasetError, Datum, ShardSampler, build_loader,
+                      build_transform, load_image)
+
+
+def _save(path, im, fmt, **kw):
+    im.save(path, fmt, **kw)
+    return str(path)
+
+
+@pytest.fixture
+def odd_images(tmp_path):
+    """Grayscale, CMYK, palette with transparency, RGBA, 16-bit and EXIF-rotated files."""
+    paths = {}
+    paths["gray"] = _save(tmp_path / "gray.png", Image.new("L", (40, 30), 77), "PNG")
+    paths["cmyk"] = _save(tmp_path / "cmyk.jpg", Image.new("CMYK", (40, 30), (255, 0, 0, 0)), "JPEG",
+                          quality=100)
+    pal = Image.new("P", (40, 30), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    paths["palette"] = _save(tmp_path / "palette.png", pal, "PNG", transparency=0)
+    paths["rgba"] = _save(tmp_path / "rgba.png", Image.new("RGBA", (40, 30), (5, 6, 7, 0)), "PNG")
+    # stored 40 wide x 20 tall, left half red, right half blue; EXIF orientation 6 = rotate 90 CW
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    im.paste((0, 0, 255), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    paths["exif"] = _save(tmp_path / "exif.jpg", im, "JPEG", exif=exif, quality=100)
+    return paths
+
+
+def test_load_image_modes(odd_images):
+    gray = load_image(odd_images["gray"])
+    assert gray.mode == "RGB" and gray.getpixel((3, 3)) == (77, 77, 77)
+    r, g, b = load_image(odd_images["cmyk"]).getpixel((5, 5))      # pure cyan ink
+    assert r < 30 and g > 225 and b > 225
+    assert load_image(odd_images["palette"]).getpixel((1, 1)) == (10, 200, 30)
+    assert load_image(odd_images["rgba"]).getpixel((1, 1)) == (5, 6, 7)
+    ex = load_image(odd_images["exif"])
+    assert ex.size == (20, 40)                            # upright: rotated by its EXIF tag
+    top, bottom = ex.getpixel((10, 5)), ex.getpixel((10, 35))
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
+
+
+def test_no_palette_warning(odd_images, recwarn):
+    load_image(odd_images["palette"])
+    assert not [w for w in recwarn if "Palette" in str(w.message)]
+
+
+def test_test_transform_matches_reference(tmp_path):
+    im = Image.new("RGB", (64, 48))
+    im.putdata([((x * 4) % 256, (y * 5) % 256, (x * y) % 256) for y in range(48) for x in range(64)])
+    out = build_transform(False, 32)(im)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    ref = im.resize((42, 32), Image.BICUBIC).crop((5, 0, 37, 32))   # short side 32, centre crop
+    raw = torch.frombuffer(bytearray(ref.tobytes()), dtype=torch.uint8).view(32, 32, 3).permute(2, 0, 1) / 255
+    want = (raw - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+    assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_train_transform(odd_images):
+    t = build_transform(True, 24)
+    names = [type(s).__name__ for s in t.transforms]
+    assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    rrc = t.transforms[0]
+    assert rrc.scale == (0.08, 1.0) and rrc.interpolation.value == "bicubic" and rrc.size == (24, 24)
+    for k in odd_images:
+        torch.manual_seed(0)
+        a = t(load_image(odd_images[k]))
+        torch.manual_seed(0)
+        assert a.shape == (3, 24, 24) and torch.equal(a, t(load_image(odd_images[k])))
+    assert build_transform(False).transforms[1].size == (224, 224)   # default size 224
+
+
+def _data(tmp_path, n=6, bad=()):
+    F.make_class_folders(tmp_path / "d", {"a": n // 2, "b": n - n // 2})
+    data = [Datum(str(tmp_path / "d" / c / f"img_{i:03d}.jpg"), lab, c)
+            for lab, c, k in ((0, "a", n // 2), (1, "b", n - n // 2)) for i in range(k)]
+    for i in bad:
+        with open(data[i].path, "wb") as f:
+            f.write(b"not an image" if i % 2 else F.JPEG[: len(F.JPEG) // 3])   # garbage / truncated
+    return data
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_image_fails_naming_the_file(tmp_path, workers):
+    data = _data(tmp_path, bad=(3,))
+    loader = build_loader(data, build_transform(False, 16), 2, False, 0, workers)
+    with pytest.raises(DatasetError) as e:
+        list(loader)
+    assert data[3].path in str(e.value) and "cannot decode image" in str(e.value)
+    gone = _data(tmp_path / "g")
+    (tmp_path / "g/d/a/img_000.jpg").unlink()
+    with pytest.raises(DatasetError, match="img_000.jpg"):
+        list(build_loader(gone, build_transform(False, 16), 2, False, 0, 0))
+
+
+def test_bad_image_skip(tmp_path, caplog):
+    data = _data(tmp_path, n=8, bad=(2, 3, 5))
+    loader = build_loader(data, build_transform(False, 16), 4, False, 0, 0, on_bad_image="skip")
+    with caplog.at_level(logging.WARNING):
+        batches = list(loader)
+    idx = torch.cat([b[2] for b in batches]).tolist()
+    assert idx == [0, 1, 4, 6, 7] and loader.skipped == 3
+    assert all(b[0].shape[1:] == (3, 16, 16) for b in batches)
+    assert data[5].path in caplog.text and "skipped 3 image(s)" in caplog.text
+    # a batch whose images are all bad is dropped, the pass goes on
+    loader = build_loader(data, build_transform(False, 16), 2, False, 0, 0, on_bad_image="skip")
+    assert [b[2].tolist() for b in loader] == [[0, 1], [4], [6, 7]] and loader.skipped == 3
+    with pytest.raises(DatasetError, match="on_bad_image"):
+        build_loader(data, build_transform(False, 16), 2, False, 0, 0, on_bad_image="ignore")
+
+
+def test_items_and_seeded_shuffle(tmp_path):
+    data = _data(tmp_path, n=10)
+    t = build_transform(False, 16)
+    loader = build_loader(data, t, 4, True, 7, 0)
+    assert isinstance(loader, DataLoader) and not loader.persistent_workers
+    assert loader.pin_memory == torch.cuda.is_available()
+    images, labels, idx = next(iter(loader))
+    assert images.shape == (4, 3, 16, 16) and labels.tolist() == [data[i].label for i in idx.tolist()]
+    order = lambda ld: torch.cat([b[2] for b in ld]).tolist()      # noqa: E731
+    first = order(build_loader(data, t, 4, True, 7, 0))
+    assert sorted(first) == list(range(10)) and first != list(range(10))
+    assert order(build_loader(data, t, 4, True, 7, 0)) == first
+    assert order(build_loader(data, t, 4, True, 8, 0)) != first
+    workers = build_loader(data, t, 4, True, 7, 2)       # same order with workers
+    assert workers.persistent_workers and order(workers) == first
+    assert order(build_loader(data, t, 4, False, 7, 0)) == list(range(10))
+
+
+def test_distributed_samplers(tmp_path):
+    data = _data(tmp_path, n=10)
+    t = build_transform(False, 16)
+    seen = []
+    for rank in range(3):
+        ld = build_loader(data, t, 2, False, 0, 0, distributed=True, rank=rank, world_size=3)
+        assert isinstance(ld.sampler, ShardSampler)
+        seen += torch.cat([b[2] for b in ld]).tolist()
+    assert sorted(seen) == list(range(10))                # every test image exactly once
+    ld = build_loader(data, t, 2, True, 5, 0, distributed=True, rank=1, world_size=3)
+    assert isinstance(ld.sampler, DistributedSampler) and ld.sampler.seed == 5
+    with pytest.raises(DatasetError, match="process group"):
+        build_loader(data, t, 2, True, 5, 0, distributed=True)
+
+
+def test_empty_data_is_an_error():
+    with pytest.raises(DatasetError, match="no images"):
+        build_loader([], build_transform(False, 16), 2, False, 0, 0)
