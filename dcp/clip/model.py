@@ -386,6 +386,7 @@ def build_model(state_dict: Dict[str, torch.Tensor]) -> CLIP:
         raise ValueError(f"state dict does not fit the inferred CLIP architecture: "
                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
-                          strict=True, assign=True)
+    # own copies in fp32: the model never shares memory with the caller's tensors
+    model.load_state_dict({k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone()
+                           for k, v in sd.items()}, strict=True, assign=True)
     return model.eval()

@@ -1,0 +1,13 @@
+"""OpenAI-compatible CLIP: the model (`model.py`), its tokenizer and checkpoint loading.
+
+    from dcp import clip
+    model, preprocess = clip.load("ViT-B/16", device="cpu")      # frozen, eval mode
+    f_txt = model.encode_text(clip.tokenize(["a photo of a dog."]))   # (1, 512)
+"""
+from dcp.clip.loading import (CLIP_MEAN, CLIP_STD, CheckpointError, available_models,
+                              image_transform, load, read_state_dict)
+from dcp.clip.model import CLIP, build_model
+from dcp.clip.tokenizer import Tokenizer, tokenize
+
+__all__ = ["CLIP", "CLIP_MEAN", "CLIP_STD", "CheckpointError", "Tokenizer", "available_models",
+           "build_model", "image_transform", "load", "read_state_dict", "tokenize"]
