@@ -45,11 +45,23 @@ class DataConfig:
 class OptimConfig:
     lr: float = 0.002
     epochs: int = 10
-    batch_size: int = 4
+    epochs_by_shots: Dict[int, int] = field(default_factory=dict)   # shots -> epochs (CoOp)
+    batch_size: int = 4           # global batch (split over processes under DDP)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+
+    def validate(self):
+        for k, v in self.epochs_by_shots.items():
+            if not (isinstance(k, int) and isinstance(v, int)) or isinstance(k, bool) or v < 0:
+                raise ValueError(f"epochs_by_shots maps shots to epochs (integers), got {k!r}: {v!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.warmup_epochs < 0:
+            raise ValueError("epochs and warmup_epochs must be >= 0, batch_size >= 1")
+
+    def epochs_for(self, shots: int) -> int:
+        """Epochs for a K-shot run: `epochs_by_shots[K]` if listed, else `epochs`."""
+        return self.epochs_by_shots.get(shots, self.epochs)
 
 
 @dataclass
@@ -57,6 +69,10 @@ class EvalConfig:
     batch_size: int = 16
     speedups: bool = True         # cut text, compute image-independent parts once per evaluation
     datasets: List[str] = field(default_factory=list)   # cross-dataset / domain targets
+
+
+PROTOCOLS = ("fewshot", "base2novel", "cross_dataset", "domain_generalization")
+PRECISIONS = ("auto", "fp32", "amp", "fp16")
 
 
 @dataclass
@@ -67,8 +83,17 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 1
-    output: str = ""
+    output: str = ""              # output root; "" = ./output
     precision: str = "auto"       # auto | fp32 | amp | fp16
+    protocol: str = "fewshot"     # fewshot | base2novel | cross_dataset | domain_generalization
+    demo: bool = False            # generate and use the offline demo's tiny CLIP and dataset
+
+    def validate(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {self.protocol!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"not {self.precision!r}")
 
 
 # --------------------------------------------------------------------------- machinery
@@ -233,8 +258,13 @@ def _merge(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
-    data = read_yaml(path) if path else {}
+def load_config(path: Optional[Union[str, Path, Sequence[Union[str, Path]]]] = None,
+                overrides: Sequence[str] = ()) -> Config:
+    """Config from one YAML file or several (merged in order, later keys win) plus overrides."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path or [])
+    data: Dict[str, Any] = {}
+    for p in paths:
+        data = _merge(data, read_yaml(p))
     return config_from_dict(merge_overrides(data, overrides))
 
 

@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Train and evaluate prompt learning on a frozen CLIP; collect results.
+
+    python run.py --cfg configs/demo.yaml                                   # offline demo
+    python run.py --cfg configs/dcp_vitb16.yaml --data /data --dataset dtd --shots 16 --seed 1 2 3
+    python run.py --cfg configs/dcp_vitb16.yaml --data /data/imagenet       # dataset recognised
+    python run.py --cfg configs/coop_vitb16.yaml --data /data --dataset dtd optim.lr=0.001
+    python run.py --eval-only --model-dir output/fewshot/dtd/dcp/shots16/seed1
+    torchrun --nproc_per_node 4 run.py --cfg ...                            # DistributedDataParallel
+    python run.py aggregate output                                          # mean ± std table
+
+See the README section "Running experiments".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+log = logging.getLogger("dcp.run")
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run.py", description="Train and evaluate a prompt-learning method on CLIP. "
+        "Extra `key=value` arguments override config keys (e.g. optim.lr=0.002 method.depth=9). "
+        "`python run.py aggregate OUTPUT_ROOT` tabulates finished runs.")
+    p.add_argument("--cfg", action="append", default=[], metavar="FILE",
+                   help="config YAML (repeatable: later files override earlier ones)")
+    p.add_argument("--data", metavar="PATH", help="data root, or one dataset's folder")
+    p.add_argument("--dataset", metavar="NAME", help="dataset name (default: recognised from --data)")
+    p.add_argument("--shots", type=int, nargs="+", metavar="K", help="shots per class (several: one run each)")
+    p.add_argument("--seed", type=int, nargs="+", metavar="S", help="seeds (several: one run each)")
+    p.add_argument("--protocol", metavar="NAME",
+                   help="fewshot | base2novel | cross_dataset | domain_generalization")
+    p.add_argument("--clip", metavar="NAME_OR_PATH", help="CLIP model name or checkpoint file")
+    p.add_argument("--output", metavar="DIR", help="output root (default: ./output)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="import a plugin file (repeatable; plugins/*.py are always imported)")
+    p.add_argument("--eval-only", action="store_true", help="evaluate trained runs, do not train")
+    p.add_argument("--model-dir", metavar="RUN",
+                   help="with --eval-only: the trained run folder (or its final.pt) to evaluate; "
+                        "its config.yaml is used when no --cfg is given")
+    p.add_argument("--load-released", metavar="PATH",
+                   help="start from (or, with --eval-only, evaluate) a checkpoint of the authors' "
+                        "released code")
+    p.add_argument("--resume", action="store_true", help="continue interrupted runs")
+    p.add_argument("--force", action="store_true", help="start runs over even if their folder holds results")
+    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+                   help="stop after N epochs as if killed (to try --resume)")
+    return p
+
+
+def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(options, key=value overrides): overrides may appear anywhere on the command line."""
+    opts, overrides = [], []
+    for a in argv:
+        (overrides if _OVERRIDE.match(a) else opts).append(a)
+    return opts, overrides
+
+
+def build_config(args: argparse.Namespace, overrides: List[str]):
+    """Config files, then key=value overrides, then the explicit options."""
+    from dcp.config import ConfigError, load_config
+    files = list(args.cfg)
+    if not files and args.model_dir:
+        run = Path(args.model_dir).expanduser()
+        files = [(run.parent if run.is_file() else run) / "config.yaml"]
+    if not files:
+        raise ConfigError("no config: pass --cfg FILE (e.g. configs/dcp_vitb16.yaml, or "
+                          "configs/demo.yaml for the offline demo)")
+    flags = {"data.root": args.data, "data.dataset": args.dataset, "protocol": args.protocol,
+             "clip": args.clip, "output": args.output}
+    quoted = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    return load_config(files, overrides + quoted)
+
+
+class _Console(logging.StreamHandler):
+    """Log lines to whatever `sys.stderr` is now (main() may be called again in-process)."""
+    dcp_console = True
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def setup_console_logging() -> None:
+    logger = logging.getLogger("dcp")
+    logger.setLevel(logging.INFO)
+    if not any(getattr(h, "dcp_console", False) for h in logger.handlers):
+        handler = _Console()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+
+
+def aggregate_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="run.py aggregate",
+                                description="mean ± std over seeds of every run under OUTPUT_ROOT; "
+                                            "writes OUTPUT_ROOT/summary.md and summary.csv")
+    p.add_argument("root", metavar="OUTPUT_ROOT")
+    args = p.parse_args(argv)
+    from dcp.results import aggregate
+    md, text = aggregate(args.root)
+    print(md)
+    print(text, end="")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_console_logging()
+    from dcp.clip import CheckpointError
+    from dcp.config import ConfigError
+    from dcp.data import DatasetError
+    from dcp.engine import RunError, Stopped
+    from dcp.released import ReleasedCheckpointError
+    user_errors = (ConfigError, FileNotFoundError, DatasetError, CheckpointError, RunError,
+                   ReleasedCheckpointError)
+    try:
+        if argv[:1] == ["aggregate"]:
+            return aggregate_main(argv[1:])
+        options, overrides = split_overrides(argv)
+        args = parser().parse_args(options)
+        from dcp.experiment import RunOptions, run_all
+        from dcp.registry import load_plugins
+        load_plugins(extra=args.plugin)      # before the config: plugin methods must validate
+        cfg = build_config(args, overrides)
+        if args.model_dir and not args.eval_only:
+            raise ConfigError("--model-dir is for --eval-only (to continue a run use --resume)")
+        opts = RunOptions(eval_only=args.eval_only, model_dir=args.model_dir or "",
+                          load_released=args.load_released or "", resume=args.resume,
+                          force=args.force, stop_after=args.stop_after)
+        run_all(cfg, opts, seeds=args.seed or [cfg.seed], shots=args.shots or [cfg.data.shots])
+    except SystemExit as e:             # argparse: usage error (2) or --help (0)
+        return e.code if isinstance(e.code, int) else 2
+    except Stopped as e:
+        log.warning("%s", e)
+        return 3
+    except user_errors as e:
+        log.error("error: %s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
