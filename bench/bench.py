@@ -5,8 +5,9 @@
     python bench/bench.py --quick         # tiny dimensions, one repetition: checks the script
     python bench/bench.py --device cuda
 
-Times are medians over --reps repetitions after a warm-up. Every exact speed-up is reported as
-a ratio to the same code with it switched off, measured in the same run:
+Times are medians over repetitions after a warm-up; the two sides of a ratio are timed
+alternately. Every exact speed-up is reported as a ratio to the same code with it switched
+off, measured in the same run:
   text cut        class prompts cut to the longest EOS + 1 vs all 77 tokens
   cache           image-independent parts computed once per evaluation vs once per batch
   fused attention torch's scaled_dot_product_attention vs the plain softmax math
@@ -73,6 +74,20 @@ def timed(fn, device, reps, warmup=1):
         sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def timed_pair(fn_a, fn_b, device, reps):
+    """Median seconds of `fn_a()` and of `fn_b()`, run alternately (a, b, a, b, ...) so that
+    both see the same machine state: their ratio stays fair on a busy machine."""
+    times = ([], [])
+    for _ in range(reps):
+        for fn, out in zip((fn_a, fn_b), times):
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            out.append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 class PeakMemory:
@@ -232,6 +247,9 @@ def train_step_fn(model, images, labels, opt):
 
 # ----------------------------------------------------------------------------- benchmarks
 def bench_train(clip, key, names, args, device, res):
+    """Seconds per training step (forward, loss, backward, SGD step) and the activation memory
+    it keeps; with 100 classes also the same step's frozen towers alone (recorded on the
+    warm-up step, replayed without the method's code)."""
     model = make_model(clip, key, names, args.quick, device).train()
     if not model.num_trainable():
         return None
@@ -241,23 +259,20 @@ def bench_train(clip, key, names, args, device, res):
     opt = torch.optim.SGD(model.trainable_parameters(), lr=1e-3, momentum=0.9)
     step = train_step_fn(model, images, labels, opt)
     out = {"batch": batch, "classes": len(names), "trainable": model.num_trainable()}
-    small = len(names) <= 100
-    out["step_s"] = timed(step, device, args.reps if small else args.reps_large, warmup=int(small))
-    out["activations_mib"] = activation_mib(step)
+    rec = TowerRecorder()
+    with rec.recording():             # the first (warm-up) step, measured for memory too
+        out["activations_mib"] = activation_mib(step)
+    if len(names) <= 100:
+        out["step_s"], out["towers_s"] = timed_pair(step, rec.replay, device, args.reps)
+        out["step_over_towers"] = round(out["step_s"] / out["towers_s"], 3)
+    else:                             # 1000 classes: one step more, timed
+        out["step_s"] = timed(step, device, args.reps_large, warmup=0)
+        if key in args.ckpt_methods:
+            model.grad_checkpoint = True
+            out["checkpointed_activations_mib"] = activation_mib(step)
+            out["checkpointed_step_s"] = timed(step, device, args.reps_large, warmup=0)
     if device.type == "cuda":
         out["peak_mib"] = peak_mib(step, device)
-    if small:               # the same step's frozen towers alone
-        rec = TowerRecorder()
-        with rec.recording():
-            step()
-        out["towers_s"] = timed(rec.replay, device, args.reps)
-        out["step_over_towers"] = round(out["step_s"] / out["towers_s"], 3)
-    elif key in args.ckpt_methods:
-        model.grad_checkpoint = True
-        out["checkpointed_step_s"] = timed(step, device, args.reps_large, warmup=0)
-        out["checkpointed_activations_mib"] = activation_mib(step)
-        if device.type == "cuda":
-            out["checkpointed_peak_mib"] = peak_mib(step, device)
     return out
 
 
@@ -275,7 +290,7 @@ def bench_eval(clip, key, names, args, device, res, batch=16):
             return out
         cache = {}
         out["precompute_s"] = timed(lambda: cache.update(c=model.precompute()), device, args.reps_large, warmup=0)
-        out["batch_s"] = timed(lambda: model(images, cache["c"]), device, args.reps)
+        out["batch_s"] = timed(lambda: model(images, cache["c"]), device, args.reps_eval)
         out["images_per_s"] = round(batch / out["batch_s"], 3)
         n_batches = args.test_images / batch
         out["images_per_s_whole_eval"] = round(args.test_images / (out["precompute_s"] + n_batches * out["batch_s"]), 3)
@@ -297,20 +312,25 @@ def bench_isolated(clip, names, args, device, res):
     maple = make_model(clip, "maple", names, args.quick, device).eval()
     images = torch.randn(16, 3, res, res, device=device)
     with torch.no_grad():
-        cut = timed(maple.precompute, device, args.reps_large, warmup=1)
-        maple.speedups = False
-        full = timed(maple.precompute, device, args.reps_large, warmup=0)
-        maple.speedups = True
+        def uncut():
+            maple.speedups = False
+            maple.precompute()
+            maple.speedups = True
+        maple.precompute()                                  # warm-up
+        cut, full = timed_pair(maple.precompute, uncut, device, args.reps_large)
         out["text_cut"] = {"what": f"text tower over {len(names)} classes, MaPLe n=2 'a photo of a {{}}.'",
                            "tokens": maple.texts.cut, "cut_s": cut, "77_tokens_s": full,
                            "speedup": round(full / cut, 2)}
         cache = maple.precompute()
-        per_batch = timed(lambda: maple(images, cache), device, args.reps)
-        recompute = timed(lambda: maple(images), device, args.reps_large, warmup=0)
+        per_batch, recompute = timed_pair(lambda: maple(images, cache), lambda: maple(images),
+                                          device, args.reps_large)
         out["cache"] = {"what": f"MaPLe eval batch of 16, {len(names)} classes", "cached_s": per_batch,
                         "recomputed_s": recompute, "speedup": round(recompute / per_batch, 2)}
-        with fused_attention(False):
-            plain = timed(lambda: maple(images, cache), device, args.reps)
+        def plain_attention():
+            with fused_attention(False):
+                maple(images, cache)
+        per_batch, plain = timed_pair(lambda: maple(images, cache), plain_attention, device,
+                                      args.reps_eval)
         out["fused_attention"] = {"what": "MaPLe eval batch of 16 (image side)", "fused_s": per_batch,
                                   "plain_s": plain, "speedup": round(plain / per_batch, 2)}
     return out
@@ -365,6 +385,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny dimensions, one repetition")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--reps", type=int, default=3, help="repetitions of the cheap measurements")
+    p.add_argument("--reps-eval", type=int, default=2, help="repetitions of a cached evaluation batch")
     p.add_argument("--reps-large", type=int, default=1, help="repetitions of the 1000-class ones")
     p.add_argument("--methods", nargs="*", default=list(METHODS))
     p.add_argument("--off-methods", nargs="*", default=["maple", "dcp", "dcp_released"],
@@ -379,7 +400,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.quick:
-        args.reps, args.reps_large, args.loader_images = 1, 1, 16
+        args.reps, args.reps_eval, args.reps_large, args.loader_images = 1, 1, 1, 16
     device = torch.device(args.device)
     start = time.perf_counter()
     clip = make_clip(args.quick, device)
