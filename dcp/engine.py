@@ -160,18 +160,20 @@ def set_rng_state(s: Dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- data loading
 class SeededImages(Dataset):
-    """`base[i]` with the augmentation RNG seeded by (seed, i): the same crop and flip for an
-    image whichever worker or process loads it. Items: (image (3,S,S), label, index)."""
+    """`base[i]` for a key `(seed, i)`, with the augmentation RNG seeded by (seed, i): the same
+    crop and flip for an image whichever worker or process loads it. The seed comes with the
+    key (from `TrainBatches`), so persistent workers follow the epoch. Items: (image, label, i)."""
 
-    def __init__(self, base: ImageDataset, seed: int):
-        self.base, self.seed = base, seed
+    def __init__(self, base: ImageDataset):
+        self.base = base
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: Tuple[int, int]):
+        seed, i = key
         with torch.random.fork_rng(devices=[]):      # the caller's CPU RNG is left untouched
-            torch.default_generator.manual_seed(_mix(self.seed, i))
+            torch.default_generator.manual_seed(_mix(seed, i))
             return self.base[i]
 
 
@@ -180,7 +182,8 @@ class TrainBatches(Sampler[List[int]]):
 
     Global batches are `batch_size` consecutive entries of a permutation drawn from `seed`;
     the last incomplete one is dropped when there is at least one full batch (Dassl). Process
-    r of W takes entries [r*b, (r+1)*b) of each, b = batch_size / W.
+    r of W takes entries [r*b, (r+1)*b) of each, b = batch_size / W. Entries are keys
+    `(seed, index)` for `SeededImages`; `set_epoch(seed)` before each epoch.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
@@ -195,12 +198,16 @@ class TrainBatches(Sampler[List[int]]):
     def __len__(self) -> int:
         return max(self.n // self.batch_size, 1)
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def set_epoch(self, seed: int) -> None:
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist()
         b = self.batch_size // self.world
         for k in range(len(self)):
             batch = perm[k * self.batch_size:(k + 1) * self.batch_size]
-            yield batch[self.rank * b:(self.rank + 1) * b] if self.world > 1 else batch
+            batch = batch[self.rank * b:(self.rank + 1) * b] if self.world > 1 else batch
+            yield [(self.seed, i) for i in batch]
 
 
 class EvalBatches(Sampler[List[int]]):
@@ -229,11 +236,16 @@ def _collate_skip(items: list):
     return default_collate(items) if items else None
 
 
-def _loader(dataset: Dataset, batches: Sampler, cfg: Config, seed: int) -> DataLoader:
+def _loader(dataset: Dataset, batches: Sampler, cfg: Config, seed: int,
+            persistent: bool = False) -> DataLoader:
+    """Decoding and augmentation in `data.num_workers` worker processes (kept alive across
+    epochs with `persistent`), pinned memory on CUDA."""
     skip = cfg.data.on_bad_image == "skip"
-    return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.num_workers,
+    workers = cfg.data.num_workers
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                       collate_fn=_collate_skip if skip else None,
                       pin_memory=torch.cuda.is_available(),
+                      persistent_workers=persistent and workers > 0,
                       generator=torch.Generator().manual_seed(seed))
 
 
@@ -349,14 +361,14 @@ def fit(model, data: Sequence[Datum], cfg: Config, run_dir: Path, ctx: Context,
 
     net, frozen = _ddp(model, image_size, ctx) if ctx.distributed else (model, [])
     images = ImageDataset(data, build_transform(True, image_size), cfg.data.on_bad_image)
+    batches = TrainBatches(len(images), o.batch_size, epoch_seed(cfg.seed, start), ctx.rank, ctx.world)
+    loader = _loader(SeededImages(images), batches, cfg, cfg.seed, persistent=True)
     began = time.time()
     for epoch in range(start, o.epochs):
         lr = lr_at_epoch(epoch, o.lr, o.epochs, o.warmup_epochs, o.warmup_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        seed = epoch_seed(cfg.seed, epoch)
-        batches = TrainBatches(len(images), o.batch_size, seed, ctx.rank, ctx.world)
-        loader = _loader(SeededImages(images, seed), batches, cfg, seed)
+        batches.set_epoch(epoch_seed(cfg.seed, epoch))
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         bar = Progress(_batches(loader), desc=f"epoch {epoch + 1}/{o.epochs}", total=len(loader),

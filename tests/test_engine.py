@@ -110,13 +110,19 @@ def test_resume_refuses_another_setting():
 
 # --------------------------------------------------------------------------- samplers, seeding
 def test_train_batches_split_the_same_global_batches_over_processes():
-    one = list(TrainBatches(10, 4, seed=7))
+    idx = lambda batches: [[i for _, i in b] for b in batches]      # keys are (seed, index)
+    keys = list(TrainBatches(10, 4, seed=7))
+    assert all(s == 7 for b in keys for s, _ in b)
+    one = idx(keys)
     assert len(one) == 2 and all(len(b) == 4 for b in one)          # last 2 images dropped
     assert len(set(sum(one, []))) == 8
-    two = [list(TrainBatches(10, 4, seed=7, rank=r, world=2)) for r in range(2)]
+    two = [idx(TrainBatches(10, 4, seed=7, rank=r, world=2)) for r in range(2)]
     assert [a + b for a, b in zip(*two)] == one
-    assert list(TrainBatches(10, 4, seed=8)) != one                 # another epoch, another order
-    small = list(TrainBatches(3, 4, seed=7))                        # fewer than a batch: one batch
+    assert idx(TrainBatches(10, 4, seed=8)) != one                 # another epoch, another order
+    batches = TrainBatches(10, 4, seed=7)
+    batches.set_epoch(8)                                            # one sampler, next epoch
+    assert idx(batches) == idx(TrainBatches(10, 4, seed=8))
+    small = idx(TrainBatches(3, 4, seed=7))                         # fewer than a batch: one batch
     assert len(small) == 1 and sorted(small[0]) == [0, 1, 2]
     with pytest.raises(RunError, match="multiple of the number of processes"):
         TrainBatches(10, 3, seed=0, rank=0, world=2)
@@ -136,12 +142,12 @@ def test_augmentation_depends_only_on_seed_and_index(tmp_path):
     from dcp.data import build_transform
     base = ImageDataset(data, build_transform(True, 16))
     state = torch.get_rng_state()
-    a, b = SeededImages(base, 1)[2][0], SeededImages(base, 1)[2][0]
+    a, b = SeededImages(base)[1, 2][0], SeededImages(base)[1, 2][0]
     torch.rand(5)
-    assert torch.equal(a, b) and torch.equal(SeededImages(base, 1)[2][0], a)
-    assert not torch.equal(SeededImages(base, 2)[2][0], a)
+    assert torch.equal(a, b) and torch.equal(SeededImages(base)[1, 2][0], a)
+    assert not torch.equal(SeededImages(base)[2, 2][0], a)
     torch.set_rng_state(state)
-    SeededImages(base, 1)[0]
+    SeededImages(base)[1, 0]
     assert torch.equal(torch.get_rng_state(), state)        # the caller's RNG is untouched
 
 
