@@ -51,6 +51,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+    activation_checkpointing: bool = False   # recompute block activations in backward (less memory)
 
     def validate(self):
         for k, v in self.epochs_by_shots.items():

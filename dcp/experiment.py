@@ -174,7 +174,9 @@ class Datasets:
 def build(cfg: Config, clip, classnames: Sequence[str], template: str):
     """`build_method`, with a method that does not fit the CLIP reported as a config error."""
     try:
-        return build_method(cfg.method, clip, classnames, template=template)
+        model = build_method(cfg.method, clip, classnames, template=template)
+        model.grad_checkpoint = cfg.optim.activation_checkpointing
+        return model
     except ValueError as e:
         raise ConfigError(f"method ({cfg.method.name}): {e}") from None
 

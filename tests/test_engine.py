@@ -246,3 +246,13 @@ def test_every_method_config_loads_with_the_spec_defaults():
     vpt = load_config(R.CONFIGS / "vpt_vitb16.yaml").method
     assert (vpt.n_ctx, vpt.n_ctx_vision, vpt.depth) == (0, 8, 12)
     assert load_config(R.CONFIGS / "demo.yaml").demo is True
+
+
+def test_activation_checkpointing_is_a_config_option(clip):
+    from dcp.experiment import build
+    for flag in (False, True):
+        cfg = load_config(None, ["method.name=maple", "method.depth=2",
+                                 f"optim.activation_checkpointing={str(flag).lower()}"])
+        assert build(cfg, clip, ["a", "b"], "a photo of a {}.").grad_checkpoint is flag
+    with pytest.raises(ConfigError, match="optim.activation_checkpointing"):
+        load_config(None, ["optim.activation_checkpointing=sometimes"])
