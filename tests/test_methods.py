@@ -313,6 +313,8 @@ def test_bad_options_name_the_key(clip):
         make(clip, "dcp", depth=13)
     with pytest.raises(KeyError, match="unknown fusion module 'nope'.*cmpa"):
         make(clip, "maple", fusion="nope")
+    with pytest.raises(ValueError, match="needs learned shallow prompts in both"):
+        make(clip, "maple", fusion="cmpa")           # MaPLe owns no visual prompts
 
 
 def test_resnet_clip_runs_text_methods_and_rejects_visual_prompts():

@@ -90,6 +90,10 @@ class DeepPrompts(PromptModel):
             self.vision_deep = nn.Parameter(torch.randn(vp - 1, nv, d["dv"]) * 0.02)
         dims = Dims(d["dt"], d["dv"], d["e"], n, nv, depth, depth_v)
         self.fusion = FUSIONS.get(opts.fusion_name())(dims, opts, **opts.fusion_args)
+        if self.coupled and not (self.text_params and self.vision_params):
+            raise ValueError(f"fusion {opts.fusion_name()!r} generates prompts from both towers' "
+                             "states: it needs learned shallow prompts in both (text_params >= 1, "
+                             "vision_params >= 1, n_ctx and n_ctx_vision >= 1)")
 
     @staticmethod
     def _check_depth(depth: int, blocks: int, key: str) -> None:
