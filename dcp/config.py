@@ -39,6 +39,11 @@ class DataConfig:
     image_size: int = 0           # 0 = the checkpoint's input resolution
     num_workers: int = 2
     on_bad_image: str = "fail"    # fail | skip
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # training RandomResizedCrop area range (Dassl's INPUT.RRCROP_SCALE)
+
+    def validate(self):
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale is [min, max] with 0 < min <= max <= 1, got {self.crop_scale}")
 
 
 @dataclass
@@ -78,7 +83,7 @@ PRECISIONS = ("auto", "fp32", "amp", "fp16")
 
 @dataclass
 class Config:
-    clip: str = "ViT-B/16"        # model name, or path to an OpenAI-format checkpoint
+    clip: str = "ViT-B/16"        # model name, "miniworld" (the shipped tiny CLIP), or an OpenAI-format checkpoint
     method: MethodOptions = field(default_factory=MethodOptions)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -87,7 +92,7 @@ class Config:
     output: str = ""              # output root; "" = ./output
     precision: str = "auto"       # auto | fp32 | amp | fp16
     protocol: str = "fewshot"     # fewshot | base2novel | cross_dataset | domain_generalization
-    demo: bool = False            # generate and use the offline demo's tiny CLIP and dataset
+    demo: bool = False            # offline demo: mini-world CLIP and task, zero-shot run first
 
     def validate(self):
         if self.protocol not in PROTOCOLS:

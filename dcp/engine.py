@@ -360,7 +360,8 @@ def fit(model, data: Sequence[Datum], cfg: Config, run_dir: Path, ctx: Context,
         log.info("resuming from %s: %d of %d epochs done", last, start, o.epochs)
 
     net, frozen = _ddp(model, image_size, ctx) if ctx.distributed else (model, [])
-    images = ImageDataset(data, build_transform(True, image_size), cfg.data.on_bad_image)
+    images = ImageDataset(data, build_transform(True, image_size, cfg.data.crop_scale),
+                          cfg.data.on_bad_image)
     batches = TrainBatches(len(images), o.batch_size, epoch_seed(cfg.seed, start), ctx.rank, ctx.world)
     loader = _loader(SeededImages(images), batches, cfg, cfg.seed, persistent=True)
     began = time.time()

@@ -220,6 +220,10 @@ def test_run_settings_and_folder_names(tmp_path):
         resolve(load_config(None, ["protocol=base2novel", "data.subsample=base"]), 16, 1)
     with pytest.raises(ConfigError, match="epochs_by_shots"):
         load_config(None, ["optim.epochs_by_shots={1: many}"])
+    assert load_config(None, ["data.crop_scale=[0.5, 1]"]).data.crop_scale == [0.5, 1.0]
+    for bad in ("[0, 1]", "[0.5]", "[0.9, 0.5]", "[0.5, 1.5]"):
+        with pytest.raises(ConfigError, match="data: crop_scale"):
+            load_config(None, [f"data.crop_scale={bad}"])
     # a data root, or one dataset's own folder (its parent holds the other datasets)
     (tmp_path / "imagenet").mkdir()
     assert data_root("imagenet", str(tmp_path)) == str(tmp_path)

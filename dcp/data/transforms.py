@@ -1,7 +1,7 @@
 """CLIP image transforms (spec §5) and robust image decoding."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image, ImageOps
@@ -10,16 +10,17 @@ from torchvision import transforms as T
 from dcp.clip.loading import CLIP_MEAN, CLIP_STD, image_transform
 
 
-def build_transform(train: bool, size: int = 224) -> Callable[[Image.Image], torch.Tensor]:
+def build_transform(train: bool, size: int = 224,
+                    crop_scale: Sequence[float] = (0.08, 1.0)) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image -> float tensor (3, size, size), CLIP-normalised.
 
-    train: RandomResizedCrop(size, scale=(0.08, 1), bicubic) + horizontal flip (Dassl's);
+    train: RandomResizedCrop(size, scale=crop_scale, bicubic) + horizontal flip (Dassl's);
     test: resize the short side to `size` (bicubic) + centre crop (CLIP's preprocessing).
     Randomness comes from torch's RNG (seeded per data-loader worker by the loader's generator).
     """
     if not train:
         return image_transform(size)
-    return T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+    return T.Compose([T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BICUBIC),
                       T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
 
 
