@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, nargs="+", metavar="S", help="seeds (several: one run each)")
     p.add_argument("--protocol", metavar="NAME",
                    help="fewshot | base2novel | cross_dataset | domain_generalization")
-    p.add_argument("--clip", metavar="NAME_OR_PATH", help="CLIP model name or checkpoint file")
+    p.add_argument("--clip", metavar="NAME_OR_PATH", help="CLIP model name, checkpoint file, or `miniworld` (the shipped tiny CLIP)")
     p.add_argument("--output", metavar="DIR", help="output root (default: ./output)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="import a plugin file (repeatable; plugins/*.py are always imported)")

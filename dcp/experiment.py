@@ -368,7 +368,7 @@ def run_one(cfg: Config, opts: RunOptions, ctx: Context, clip, datasets: Dataset
                  dataset_label(cfg), cfg.protocol, cfg.data.shots, cfg.seed,
                  " (evaluation only)" if opts.eval_only else "")
         if cfg.demo:
-            from .demo import NOTE
+            from .miniworld.demo import NOTE
             log.warning("%s", NOTE)
         if ctx.main and not opts.eval_only:
             save_config(cfg, run_dir / "config.yaml")
@@ -408,7 +408,7 @@ def run_one(cfg: Config, opts: RunOptions, ctx: Context, clip, datasets: Dataset
                "eval_only": opts.eval_only, "weights": str(weights) if weights else None,
                "released_checkpoint": opts.load_released or None}
         if cfg.demo:
-            from .demo import NOTE
+            from .miniworld.demo import NOTE
             doc["demo"] = NOTE
         write_metrics(run_dir / "metrics.json", doc)
         log.info("summary: %s; wrote %s", ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items()),
@@ -424,14 +424,22 @@ def _fmt(v) -> str:
 
 
 # --------------------------------------------------------------------------- entry point
+def clip_source(name: str) -> str:
+    """`miniworld` is the shipped mini-world CLIP; other names and paths go to `dcp.clip.load`."""
+    if name == "miniworld":
+        from .miniworld import CHECKPOINT
+        return str(CHECKPOINT)
+    return name
+
+
 def prepare_clip(cfg: Config, ctx: Context):
     """Load the frozen CLIP (rank 0 first, so a download happens once) in the context's dtype."""
     clip = None
     if ctx.main:
-        clip, _ = load_clip(cfg.clip, device=ctx.device)
+        clip, _ = load_clip(clip_source(cfg.clip), device=ctx.device)
     ctx.barrier()
     if not ctx.main:
-        clip, _ = load_clip(cfg.clip, device=ctx.device)
+        clip, _ = load_clip(clip_source(cfg.clip), device=ctx.device)
     if ctx.clip_dtype == torch.float16:
         convert_weights(clip)
     else:
@@ -449,7 +457,7 @@ def run_all(cfg: Config, opts: RunOptions, seeds: Sequence[int], shots: Sequence
     logging.getLogger("dcp").setLevel(logging.INFO if ctx.main else logging.WARNING)
     try:
         if cfg.demo:
-            from .demo import prepare_demo
+            from .miniworld.demo import prepare_demo
             if ctx.main:
                 prepare_demo(cfg)
             ctx.barrier()
@@ -480,5 +488,8 @@ def run_all(cfg: Config, opts: RunOptions, seeds: Sequence[int], shots: Sequence
                 raise _no_class_subset(first, per_class, train_split, split)
         for run_cfg in runs:
             run_one(run_cfg, opts, ctx, clip, datasets, trainable, per_class)
+        if cfg.demo and ctx.main:
+            from .miniworld.demo import report_demo
+            report_demo(cfg, runs)
     finally:
         teardown_context(ctx)

@@ -17,7 +17,8 @@ log = logging.getLogger("dcp")
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path`.
 
-    A crash leaves the old file (or none), never a half-written one.
+    A crash leaves the old file (or none), never a half-written one. The file gets the
+    permissions of a normally created file (0666 minus the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +28,9 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

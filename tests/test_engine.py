@@ -260,3 +260,21 @@ def test_activation_checkpointing_is_a_config_option(clip):
         assert build(cfg, clip, ["a", "b"], "a photo of a {}.").grad_checkpoint is flag
     with pytest.raises(ConfigError, match="optim.activation_checkpointing"):
         load_config(None, ["optim.activation_checkpointing=sometimes"])
+
+
+def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path):
+    import os
+    from dcp.utils import atomic_path, atomic_write_text
+    path = tmp_path / "results.json"
+    atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(path, "new")
+    finally:
+        os.umask(umask)
+    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o644

@@ -51,3 +51,5 @@ __all__ = ["Datum", "DatasetSplits", "DatasetError", "DatasetReader", "SPLITS_DI
            "build_dataset", "detect_dataset", "fewshot", "save_fewshot", "load_fewshot",
            "subsample_classes", "build_transform", "load_image", "CLIP_MEAN", "CLIP_STD",
            "ImageDataset", "ShardSampler", "build_loader"]
+
+from ..miniworld import data as _miniworld  # noqa: E402,F401  (registers the miniworld_* datasets)
