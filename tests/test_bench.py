@@ -21,3 +21,23 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     assert res["methods"]["dcp"]["eval_1000"]["speedup_all"] > 1
     assert res["isolated"]["text_cut"]["tokens"] < 77
     assert "| dcp |" in proc.stdout
+
+
+def test_readme_tables_come_from_the_committed_cpu_results():
+    """The README's Speed section is `bench.py --report bench/results/cpu.json`: every method
+    has its 100- and 1000-class training step, and the recorded run meets the targets."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--report",
+                           str(ROOT / "bench" / "results" / "cpu.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = proc.stdout
+    assert "all hold" in report
+    res = json.loads((ROOT / "bench" / "results" / "cpu.json").read_text())
+    assert res["elapsed_s"] <= 30 * 60
+    for key, m in res["methods"].items():
+        if key != "zeroshot":
+            assert m["train_100"]["step_over_towers"] <= 1.3 and m["train_1000"]["step_s"] > 0, key
+    readme = (ROOT / "README.md").read_text()
+    for line in report.splitlines():
+        if line.startswith("| ") and "|---" not in line:
+            assert line in readme, f"README Speed section is out of date: {line}"
