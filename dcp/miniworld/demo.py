@@ -43,8 +43,8 @@ def prepare_demo(cfg: Config) -> None:
         cfg.clip = str(CHECKPOINT)
     cfg.data.dataset = cfg.data.dataset or "miniworld_shapes_sketch"
     if cfg.data.dataset not in TASKS:
-        raise ConfigError(f"data.dataset: the demo runs on a mini-world task ({', '.join(TASKS)}), "
-                         f"not {cfg.data.dataset!r}")
+        raise ConfigError(f"data.dataset: the demo runs on a mini-world task "
+                          f"({', '.join(TASKS)}), not {cfg.data.dataset!r}")
     cfg.data.root = cfg.data.root or str(Path(cfg.output or "output") / "data")
     make_data(cfg.data.root, [cfg.data.dataset])
     log.warning("%s", NOTE)
