@@ -1,6 +1,7 @@
-"""Small shared helpers: atomic writes and a dependency-free progress bar."""
+"""Small shared helpers: atomic writes, file checksums and a dependency-free progress bar."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -35,6 +36,15 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def sha256_file(path: Union[str, os.PathLike]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> None:

@@ -32,7 +32,7 @@ from PIL import Image
 from torchvision import transforms
 
 from dcp.clip.model import CLIP, build_model, convert_weights
-from dcp.utils import Progress, atomic_path
+from dcp.utils import Progress, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,6 @@ def checkpoint_path(name: str, download_root: Union[str, Path, None] = None) -> 
     return cache_dir(download_root) / MODELS[name].rsplit("/", 1)[1]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download(name: str, download_root: Union[str, Path, None] = None) -> Path:
     """Path of model `name` in the cache, downloading it (atomically, SHA-256 checked) if the
     file is missing or has a wrong checksum."""
@@ -97,7 +89,7 @@ def download(name: str, download_root: Union[str, Path, None] = None) -> Path:
         if not target.is_file():
             raise CheckpointError(f"{target} exists but is not a file; move it away so the "
                                   f"CLIP checkpoint {name} can be stored there")
-        actual = _sha256(target)
+        actual = sha256_file(target)
         if actual == expected:
             return target
         problem = f"has SHA-256 {actual}, expected {expected} (corrupt or incomplete)"

@@ -10,7 +10,6 @@ logged as a warning and flagged in `DatasetSplits.split_info["matches_published"
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from dcp.registry import PLUGIN_DIR
+from dcp.utils import sha256_file  # noqa: F401  (re-exported: dcp.data uses it from here)
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +76,6 @@ def load_manifest() -> Dict[str, dict]:
         return {}
     with open(MANIFEST, encoding="utf-8") as f:
         return json.load(f)["splits"]
-
-
-def sha256_file(path: os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def obtain_hint(name: str) -> str:

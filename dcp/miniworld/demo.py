@@ -16,7 +16,6 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..config import Config, ConfigError, config_from_dict, to_dict
-from . import CHECKPOINT
 from .data import TASKS, make_data
 
 log = logging.getLogger(__name__)
@@ -39,8 +38,8 @@ def prepare_demo(cfg: Config) -> None:
     `clip: miniworld` (or `demo`, or empty) is the shipped checkpoint; `data.dataset` defaults to
     `miniworld_shapes_sketch`, `data.root` to `<output>/data`, generated there when absent.
     """
-    if cfg.clip in ("", "demo", "miniworld"):
-        cfg.clip = str(CHECKPOINT)
+    from ..experiment import clip_source
+    cfg.clip = clip_source("miniworld" if cfg.clip in ("", "demo") else cfg.clip)
     cfg.data.dataset = cfg.data.dataset or "miniworld_shapes_sketch"
     if cfg.data.dataset not in TASKS:
         raise ConfigError(f"data.dataset: the demo runs on a mini-world task "

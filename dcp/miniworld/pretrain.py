@@ -19,7 +19,6 @@ and the zero-shot accuracies reached on the benchmarks' test sets.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -38,7 +37,7 @@ from torch import Tensor
 from ..clip.model import CLIP
 from ..clip.tokenizer import tokenize
 from ..data.transforms import build_transform
-from ..utils import Progress, atomic_torch_save, atomic_write_text
+from ..utils import Progress, atomic_torch_save, atomic_write_text, sha256_file
 from .data import TASKS, task_images
 from .world import SIZE, caption, render, sample_scene
 
@@ -168,10 +167,6 @@ def fp16_state_dict(model: CLIP) -> Dict[str, Tensor]:
     return {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def run(out: Path, s: Settings, command: str = "", threads: int = 2) -> dict:
     """Pre-train, evaluate zero-shot and write `out` (checkpoint) and `out` with `.json`."""
     torch.set_num_threads(threads)
@@ -192,7 +187,7 @@ def run(out: Path, s: Settings, command: str = "", threads: int = 2) -> dict:
         "zero_shot": evaluator.accuracy(loaded),
         "chance": {n: round(100.0 / len(t.classes), 2) for n, t in TASKS.items()},
         "logit_scale": round(float(loaded.logit_scale.exp()), 2),
-        "file": out.name, "bytes": out.stat().st_size, "sha256": sha256(out),
+        "file": out.name, "bytes": out.stat().st_size, "sha256": sha256_file(out),
         "history": history,
     }
     atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
