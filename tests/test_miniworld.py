@@ -155,6 +155,7 @@ def test_shipped_checkpoint_is_an_openai_state_dict_of_at_most_16_mb(record):
     assert record["architecture"] == ARCH
     for key in ("command", "settings", "seconds", "torch", "zero_shot", "chance"):
         assert key in record
+    assert record["threads"] <= 2 and record["seconds"] <= 10.5 * 60     # ~10 min on 2 cores
 
 
 def test_shipped_checkpoint_zero_shot_as_recorded_and_leaves_room(record):
@@ -199,3 +200,15 @@ def test_pretrain_command_reproduces_the_shipped_quality(record, tmp_path):
     assert out.stat().st_size <= 16_000_000
     for task, value in record["zero_shot"].items():
         assert abs(new["zero_shot"][task] - value) <= 5, (task, new["zero_shot"], record["zero_shot"])
+
+
+def test_results_table_command_reproduces_the_readme_zero_shot_row(tmp_path):
+    """`bench/miniworld_table.py` (run.py + aggregate) end to end for zero-shot CLIP: its row
+    is the README's (the trained rows take the full command, about 6 minutes)."""
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "miniworld_table.py"), "--methods",
+                        "zeroshot", "--jobs", "1", "--output", str(tmp_path / "table")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    row = next(line for line in p.stdout.splitlines() if line.startswith("| zeroshot |"))
+    assert row in (ROOT / "README.md").read_text()
+    assert (tmp_path / "table" / "summary.csv").is_file() and (tmp_path / "table" / "table.md").is_file()

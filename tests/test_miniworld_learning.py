@@ -77,3 +77,16 @@ def test_base_to_novel_reports_novel_accuracy(method, run, data, zero_shot, tmp_
     # prompts trained on the 20 base compounds still name the 20 novel ones (chance: 5%);
     # zero-shot is already near the ceiling here (about 80%), so no gain is asked for
     assert m["summary"]["novel"] >= 50 and m["summary"]["base"] >= 50
+
+
+def test_domain_shift_trains_on_photos_and_tests_on_sketches(run, data, tmp_path):
+    make_data(data, ["miniworld_shapes"])
+    m = result(run, tmp_path, "dcp", "--data", str(data), "--dataset", "miniworld_shapes",
+               "--protocol", "domain_generalization", "eval.datasets=[miniworld_shapes_sketch]",
+               "--shots", "4")
+    assert m["setting"]["dataset_name"] == "miniworld_shapes"
+    source, target = m["results"]["miniworld_shapes"], m["results"]["miniworld_shapes_sketch"]
+    assert source["num_images"] == target["num_images"] == 320
+    assert source["classnames"] == target["classnames"]
+    assert m["summary"]["targets"]["miniworld_shapes_sketch"] == target["accuracy"]
+    assert source["accuracy"] > 60 and 100 / 8 < target["accuracy"] < source["accuracy"]

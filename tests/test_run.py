@@ -24,6 +24,21 @@ def tiny(tmp_path_factory):
     return clip, data
 
 
+def test_training_crop_scale_reaches_the_training_transform(run, tiny, tmp_path, monkeypatch):
+    import dcp.engine
+    seen = []
+    real = dcp.engine.build_transform
+
+    def spy(train, size=224, crop_scale=(0.08, 1.0)):
+        seen.append((train, tuple(crop_scale)))
+        return real(train, size, crop_scale)
+
+    monkeypatch.setattr(dcp.engine, "build_transform", spy)
+    clip, data = tiny
+    assert run.main(R.argv("coop", clip, data, tmp_path, "data.crop_scale=[0.5, 0.9]")) == 0
+    assert (True, (0.5, 0.9)) in seen and all(scale == (0.5, 0.9) for train, scale in seen if train)
+
+
 @pytest.mark.parametrize("method", list(R.METHODS))
 def test_every_method_trains_and_evaluates(method, run, tiny, tmp_path):
     clip, data = tiny
