@@ -151,6 +151,31 @@ def test_augmentation_depends_only_on_seed_and_index(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)        # the caller's RNG is untouched
 
 
+
+def test_training_loader_keeps_workers_and_follows_the_epoch(tmp_path):
+    """Decoding in persistent workers, pinned memory on CUDA; `set_epoch` changes the batches
+    the same (persistent) loader yields."""
+    from dcp.data import build_transform
+    from dcp.engine import _loader
+    R.make_folder_dataset(tmp_path, counts={"train": 4})
+    data = [Datum(str(p), 0, "x") for p in sorted(tmp_path.rglob("*.png"))]
+    batches = TrainBatches(len(data), 4, seed=1)
+    cfg = load_config(None, ["data.num_workers=1"])
+    loader = _loader(SeededImages(ImageDataset(data, build_transform(True, 16))), batches, cfg, 1,
+                     persistent=True)
+    assert loader.persistent_workers and loader.num_workers == 1
+    assert loader.pin_memory == torch.cuda.is_available()
+    def epoch():
+        return {int(i): image for images, _, idx in loader for image, i in zip(images, idx)}
+
+    first = epoch()
+    again = epoch()
+    assert all(torch.equal(first[i], again[i]) for i in first)          # same epoch seed
+    batches.set_epoch(2)
+    second = epoch()
+    assert set(second) == set(first) == set(range(len(data)))
+    assert not all(torch.equal(first[i], second[i]) for i in first)     # other crops and flips
+
 # --------------------------------------------------------------------------- class subsets
 @pytest.fixture(scope="module")
 def clip():
