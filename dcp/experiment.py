@@ -1,25 +1,24 @@
-"""One experiment = one setting (protocol, dataset, method, shots) x seeds, each in its own run
-folder `<output>/<protocol>/<dataset>/<method>[_<variant>]/shots<K>/seed<S>`:
+"""The road through a run: config -> data -> model -> training loop -> run folder -> metrics.
 
-    config.yaml   the resolved config          fewshot.json  the few-shot draw
-    log.txt       the run's log                last.pt       after every epoch (removed at the end)
-    final.pt      the trained tensors          metrics.json  written last: the run is finished
+    setting = prepare(cfg, opts, shots=[16], seeds=[1, 2, 3])   # CLIP and data loaded once,
+    for run in setting.runs:                                     # every check before any write
+        run_one(setting, run, opts)                             # one folder (dcp.rundir)
+    run_all(cfg, opts, seeds, shots)                             # both, as run.py does
 
-Protocols (spec section 5): `fewshot` trains and tests on one dataset (optionally a class
-subset, `data.subsample`); `base2novel` trains on the base half and tests on base and novel;
-`cross_dataset` and `domain_generalization` train on the source dataset (ImageNet) and also
-test on `eval.datasets` (default: the ten other datasets / ImageNet-V2, -Sketch, -A, -R).
-A test set with other classes gets a model built for its class names, loaded with the trained
-tensors: exact for every method whose learned tensors do not depend on the class. Per-class
-tensors (CoOp `class_specific`) are sliced to the subset's classes when the test classes are a
-subset of the training classes (ImageNet-A/-R via `imagenet_indices`), otherwise refused.
+One setting (protocol, dataset, method, config) runs for every shots x seed. The protocol
+(`dcp.protocols`) says which classes are trained and which test sets are evaluated. A test set
+with other classes gets a model built for its class names, loaded with the trained tensors:
+exact for every method whose learned tensors do not depend on the class. Per-class tensors
+(CoOp `class_specific`) are sliced to the subset's classes when the test classes are a subset
+of the training classes (ImageNet-A/-R via `imagenet_indices`), otherwise refused up front.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import logging
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -27,23 +26,19 @@ import torch
 
 from .clip import CheckpointError, load as load_clip
 from .clip.model import convert_weights
-from .config import Config, ConfigError, save_config
-from .data import DatasetSplits, build_dataset, detect_dataset, fewshot, subsample_classes
-from .data.fewshot import RECORD_NAME
-from .engine import (FINAL, LAST, Context, RunError, fit, load_weights, predict,
-                     seed_everything, setup_context, teardown_context)
+from .config import Config, ConfigError, config_text
+from .data import (DatasetError, DatasetSplits, build_dataset, check_images, detect_dataset,
+                   fewshot, subsample_classes)
+from .engine import Context, fit, predict, seed_everything, setup_context, teardown_context
 from .methods import build_method
+from .prompting import duplicate_classnames
+from .protocols import protocol
 from .registry import DATASETS
-from .results import classification_metrics, harmonic_mean, write_metrics
+from .results import classification_metrics
+from .rundir import (RunError, RunFolder, dataset_label, load_weights, method_tag, run_folder,
+                     setting_hash)
 
 log = logging.getLogger(__name__)
-
-PROTOCOL_TARGETS = {
-    "cross_dataset": ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-                      "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"],
-    "domain_generalization": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"],
-}
-USER_DATASETS = ("folder", "csv")
 
 
 @dataclass
@@ -57,34 +52,35 @@ class RunOptions:
     stop_after: int = 0           # stop after this many epochs, as if killed (tests --resume)
 
 
-# --------------------------------------------------------------------------- names and folders
-def method_tag(cfg: Config) -> str:
-    """`dcp`, `dcp_released`, ...: the method name, plus the variant when it is not `paper`."""
-    variant = getattr(cfg.method, "variant", "paper")
-    return cfg.method.name + ("" if variant == "paper" else f"_{variant}")
+# --------------------------------------------------------------------------- the setting
+def resolve(cfg: Config, shots: int, seed: int) -> Config:
+    """The config of one run: its shots and seed, the protocol's default test sets."""
+    cfg = copy.deepcopy(cfg)
+    cfg.seed, cfg.data.shots = seed, shots
+    problem = protocol(cfg.protocol).check(cfg)
+    if problem:
+        raise ConfigError(problem)
+    cfg.eval.datasets = list(cfg.eval.datasets) or list(protocol(cfg.protocol).targets)
+    return cfg
 
 
-def dataset_label(cfg: Config) -> str:
-    """The dataset's registered name; for users' data (`folder`, `csv`) its folder / file name."""
-    if cfg.data.dataset in USER_DATASETS:
-        return Path(cfg.data.root).expanduser().stem or cfg.data.dataset
-    return cfg.data.dataset
-
-
-def run_folder(cfg: Config) -> Path:
-    return (Path(cfg.output or "output") / cfg.protocol / dataset_label(cfg) / method_tag(cfg)
-            / f"shots{cfg.data.shots}" / f"seed{cfg.seed}")
-
-
-def run_status(run_dir: Path) -> str:
-    """finished (metrics.json) | trained (final.pt) | interrupted (last.pt) | new."""
-    if (run_dir / "metrics.json").is_file():
-        return "finished"
-    if (run_dir / FINAL).is_file():
-        return "trained"
-    if (run_dir / LAST).is_file():
-        return "interrupted"
-    return "new"
+def resolve_dataset(cfg: Config) -> None:
+    """Fill `data.dataset` by recognising `data.root` when it is not named; make the data root
+    and a CLIP checkpoint path absolute (saved configs then work from any folder)."""
+    if not cfg.data.root:
+        raise ConfigError("data.root: no data given; pass --data PATH (a data root or one "
+                          "dataset's folder)")
+    cfg.data.root = str(Path(cfg.data.root).expanduser().absolute())
+    if Path(cfg.clip).expanduser().is_file():
+        cfg.clip = str(Path(cfg.clip).expanduser().absolute())
+    if not cfg.data.dataset:
+        cfg.data.dataset, cfg.data.root = detect_dataset(cfg.data.root)
+        log.info("recognised dataset %s in %s", cfg.data.dataset, cfg.data.root)
+    for key, names in (("data.dataset", [cfg.data.dataset]), ("eval.datasets", cfg.eval.datasets)):
+        for name in names:
+            if name not in DATASETS:
+                raise ConfigError(f"{key}: unknown dataset {name!r}; registered: "
+                                  f"{', '.join(DATASETS.names())}")
 
 
 def data_root(name: str, root: str) -> str:
@@ -97,67 +93,6 @@ def data_root(name: str, root: str) -> str:
     return str(p)
 
 
-def resolve(cfg: Config, shots: int, seed: int) -> Config:
-    """The config of one run: shots, seed, epochs for these shots, default protocol targets."""
-    cfg = copy.deepcopy(cfg)
-    cfg.seed, cfg.data.shots = seed, shots
-    cfg.optim.epochs = cfg.optim.epochs_for(shots)
-    if cfg.protocol in PROTOCOL_TARGETS:
-        cfg.eval.datasets = list(cfg.eval.datasets) or list(PROTOCOL_TARGETS[cfg.protocol])
-    elif cfg.eval.datasets:
-        raise ConfigError(f"eval.datasets: only the cross_dataset and domain_generalization "
-                          f"protocols evaluate on other datasets (protocol is {cfg.protocol!r})")
-    if cfg.protocol == "base2novel" and cfg.data.subsample != "all":
-        raise ConfigError("data.subsample: the base2novel protocol trains on the base classes and "
-                          "tests on base and novel itself; leave data.subsample at 'all'")
-    return cfg
-
-
-def resolve_dataset(cfg: Config) -> None:
-    """Fill `data.dataset` by recognising `data.root` when it is not named; make the data root
-    and a CLIP checkpoint path absolute."""
-    if not cfg.data.root:
-        raise ConfigError("data.root: no data given; pass --data PATH (a data root or one "
-                          "dataset's folder)")
-    cfg.data.root = str(Path(cfg.data.root).expanduser().absolute())
-    if Path(cfg.clip).expanduser().is_file():     # saved configs work from any folder
-        cfg.clip = str(Path(cfg.clip).expanduser().absolute())
-    if not cfg.data.dataset:
-        cfg.data.dataset, cfg.data.root = detect_dataset(cfg.data.root)
-        log.info("recognised dataset %s in %s", cfg.data.dataset, cfg.data.root)
-    elif cfg.data.dataset not in DATASETS:
-        raise ConfigError(f"data.dataset: unknown dataset {cfg.data.dataset!r}; registered: "
-                          f"{', '.join(DATASETS.names())}")
-    for name in cfg.eval.datasets:
-        if name not in DATASETS:
-            raise ConfigError(f"eval.datasets: unknown dataset {name!r}; registered: "
-                              f"{', '.join(DATASETS.names())}")
-
-
-# --------------------------------------------------------------------------- logging
-@contextmanager
-def run_log(run_dir: Path, ctx: Context) -> Iterator[None]:
-    """Copy the `dcp` log into `run_dir/log.txt` (appended; rank 0 only) while a run lasts."""
-    if not ctx.main:
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("dcp")
-    logger.addHandler(handler)
-    try:
-        yield
-    except BaseException as e:     # the reason a run ended early goes into its log too
-        handler.handle(logging.LogRecord("dcp", logging.ERROR, __file__, 0, "run ended: %s: %s",
-                                         (type(e).__name__, e), None))
-        raise
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-
-
-# --------------------------------------------------------------------------- models per class list
 class Datasets:
     """Datasets read once per invocation (listing ImageNet takes a while)."""
 
@@ -171,25 +106,105 @@ class Datasets:
         return self._cache[key]
 
 
-def build(cfg: Config, clip, classnames: Sequence[str], template: str):
+def load_frozen_clip(cfg: Config, ctx: Context):
+    """The frozen CLIP (rank 0 first, so a download happens once) in the context's dtype."""
+    clip = None
+    for rank_turn in (True, False):
+        if ctx.main == rank_turn:
+            clip, _ = load_clip(cfg.clip, device=ctx.device)
+        ctx.barrier()
+    convert_weights(clip) if ctx.clip_dtype == torch.float16 else clip.float()
+    return clip
+
+
+def build(cfg: Config, clip, classnames: Sequence[str], template: str, **switches):
     """`build_method`, with a method that does not fit the CLIP reported as a config error."""
+    switches.setdefault("checkpointing", cfg.optim.activation_checkpointing)
     try:
-        model = build_method(cfg.method, clip, classnames, template=template)
-        model.grad_checkpoint = cfg.optim.activation_checkpointing
-        return model
+        return build_method(cfg.method, clip, classnames, template=template, **switches)
     except ValueError as e:
         raise ConfigError(f"method ({cfg.method.name}): {e}") from None
 
 
+@dataclass
+class Setting:
+    """What every run of one setting shares, loaded and checked once."""
+    cfg: Config
+    runs: List[Config]
+    ctx: Context
+    clip: object
+    datasets: Datasets
+    source: DatasetSplits
+    trainable: bool
+    per_class: List[str] = field(default_factory=list)
+
+    def train_split(self, cfg: Config) -> DatasetSplits:
+        return subsample_classes(self.source, protocol(cfg.protocol).train_subsample(cfg))
+
+    def draw(self, cfg: Config, run_dir: Optional[str] = None) -> DatasetSplits:
+        """The few-shot training set of run `cfg` (drawn on all classes, then subsampled)."""
+        mode = cfg.data.fewshot_draw
+        mode = self.source.fewshot_draw if mode == "auto" else mode
+        return fewshot(self.source, cfg.data.shots, cfg.seed, run_dir=run_dir, mode=mode,
+                       subsample=protocol(cfg.protocol).train_subsample(cfg))
+
+    def eval_sets(self, cfg: Config) -> List[Tuple[str, DatasetSplits]]:
+        root = data_root(cfg.data.dataset, cfg.data.root) if cfg.eval.datasets else ""
+        return protocol(cfg.protocol).eval_sets(
+            dataset_label(cfg), self.source, self.train_split(cfg), cfg.eval.datasets,
+            lambda name: self.datasets.get(name, root))
+
+
+def prepare(cfg: Config, opts: RunOptions, shots: Sequence[int], seeds: Sequence[int],
+            ctx: Context, clip=None, datasets: Optional[Datasets] = None) -> Setting:
+    """Resolve the setting and check everything that can fail before any folder is made: the
+    data (every image header), the method against this CLIP, the trained tensors against the
+    test sets' classes."""
+    if opts.model_dir and opts.load_released:
+        raise ConfigError("give either --model-dir or --load-released, not both")
+    if opts.model_dir and len(seeds) * len(shots) > 1:
+        raise ConfigError("--model-dir names one trained run: give a single --seed and --shots")
+    resolve_dataset(cfg)
+    runs = [resolve(cfg, k, s) for k in shots for s in seeds]
+    datasets = datasets or Datasets()
+    source = datasets.get(cfg.data.dataset, cfg.data.root, cfg.data.split_file)
+    setting = Setting(cfg, runs, ctx, clip if clip is not None else load_frozen_clip(cfg, ctx),
+                      datasets, source, trainable=False)
+    first, train = runs[0], setting.train_split(runs[0])
+    probe = build(first, setting.clip, train.classnames, train.template)
+    if opts.load_released and not hasattr(probe, "load_released"):
+        raise ConfigError(f"--load-released: method {cfg.method.name!r} cannot read "
+                          "checkpoints of the authors' released code")
+    setting.trainable = bool(probe.trainable_parameters())
+    del probe
+    tests = [split for _, split in setting.eval_sets(first)]
+    for split in tests:
+        _check_classnames(split)
+        check_images(split.test, first.data.on_bad_image, f"{split.name} test images")
+    others = [s for s in tests if s.classnames != train.classnames]
+    if setting.trainable and others:
+        setting.per_class = per_class_keys(first, setting.clip, train.template)
+    for split in others if setting.per_class else []:
+        if class_index(train, split) is None:
+            raise _no_class_subset(first, setting.per_class, train, split)
+    return setting
+
+
+def _check_classnames(split: DatasetSplits) -> None:
+    duplicates = duplicate_classnames(split.classnames)
+    if duplicates:
+        raise DatasetError(f"{split.name}: class names equal in a prompt (case, '_' and spaces "
+                           f"ignored) could never be told apart: {' = '.join(map(repr, duplicates[0]))}"
+                           + (f" (and {len(duplicates) - 1} more)" if len(duplicates) > 1 else ""))
+
+
+# --------------------------------------------------------------------------- class lists
 def per_class_keys(cfg: Config, clip, template: str) -> List[str]:
     """Trained tensors whose shape depends on the number of classes (e.g. CoOp class_specific
     ctx (C, n, D)), found by building the method for two and for three classes."""
-    state = torch.get_rng_state()
-    try:
+    with torch.random.fork_rng(devices=[]):
         two = build(cfg, clip, ["a", "b"], template).trainable_state_dict()
         three = build(cfg, clip, ["a", "b", "c"], template).trainable_state_dict()
-    finally:
-        torch.set_rng_state(state)
     return [k for k in two if k in three and two[k].shape != three[k].shape]
 
 
@@ -200,7 +215,7 @@ def class_index(source: DatasetSplits, target: DatasetSplits) -> Optional[List[i
     if target.imagenet_indices is not None:
         full = source.name == "imagenet" and source.subsample == "all"
         return list(target.imagenet_indices) if full else None
-    where = {}
+    where: Dict[str, List[int]] = {}
     for i, c in enumerate(source.classnames):
         where.setdefault(c, []).append(i)
     if all(len(where.get(c, ())) == 1 for c in target.classnames):
@@ -219,19 +234,19 @@ def _no_class_subset(cfg: Config, per_class: Sequence[str], source: DatasetSplit
 
 def model_for(split: DatasetSplits, trained, source: DatasetSplits, cfg: Config, clip,
               ctx: Context, per_class: Sequence[str]):
-    """The trained model if `split` has its classes and template; else the method built for
-    `split`'s classes with the trained tensors (`per_class` ones sliced to a class subset)."""
-    if split.classnames == source.classnames and split.template == trained.template:
+    """The trained model if it fits `split` (classes, template, `eval.speedups`); else the
+    method built for `split` with the trained tensors (`per_class` ones sliced to a subset)."""
+    if (split.classnames, split.template, cfg.eval.speedups) == (
+            source.classnames, trained.template, trained.speedups):
         return trained
     state = trained.trainable_state_dict()
-    model = build(cfg, clip, split.classnames, split.template)
-    if per_class:
+    model = build(cfg, clip, split.classnames, split.template, speedups=cfg.eval.speedups)
+    if per_class and split.classnames != source.classnames:
         index = class_index(source, split)
         if index is None:
             raise _no_class_subset(cfg, per_class, source, split)
-        state = dict(state)
-        for k in per_class:
-            state[k] = state[k][torch.as_tensor(index, device=state[k].device)]
+        state = {k: v[torch.as_tensor(index, device=v.device)] if k in per_class else v
+                 for k, v in state.items()}
         log.info("%s: per-class tensors %s sliced to its %d classes", split.name,
                  ", ".join(per_class), len(index))
     try:
@@ -242,103 +257,66 @@ def model_for(split: DatasetSplits, trained, source: DatasetSplits, cfg: Config,
 
 
 # --------------------------------------------------------------------------- one run
-def _clean(run_dir: Path, ctx: Context) -> None:
-    if ctx.main:
-        for name in ("metrics.json", FINAL, LAST, RECORD_NAME):
-            if (run_dir / name).exists():
-                (run_dir / name).unlink()
-    ctx.barrier()
-
-
-def _weights_file(opts: RunOptions, run_dir: Path) -> Path:
-    if opts.model_dir:
-        p = Path(opts.model_dir).expanduser()
-        return p if p.is_file() else p / FINAL
-    return run_dir / FINAL
-
-
-def eval_sets(cfg: Config, source: DatasetSplits, train_split: DatasetSplits,
-              datasets: Datasets) -> List[Tuple[str, DatasetSplits]]:
-    if cfg.protocol == "base2novel":
-        return [("base", train_split), ("novel", subsample_classes(source, "new"))]
-    sets = [(dataset_label(cfg), train_split)]
-    root = data_root(cfg.data.dataset, cfg.data.root) if cfg.eval.datasets else ""
-    return sets + [(name, datasets.get(name, root)) for name in cfg.eval.datasets]
-
-
-def summary_of(cfg: Config, results: Dict[str, dict]) -> Dict[str, object]:
-    acc = {k: v["accuracy"] for k, v in results.items()}
-    if cfg.protocol == "base2novel":
-        return {"base": acc["base"], "novel": acc["novel"],
-                "hm": harmonic_mean(acc["base"], acc["novel"])}
-    label = dataset_label(cfg)
-    if cfg.protocol == "fewshot":
-        return {"accuracy": acc[label], "macro_f1": results[label]["macro_f1"]}
-    targets = {k: v for k, v in acc.items() if k != label}
-    return {"source": acc[label], "targets": targets,
-            "average": sum(targets.values()) / len(targets) if targets else None}
-
-
-def _preflight(cfg: Config, opts: RunOptions, run_dir: Path, ctx: Context,
-               trainable: bool) -> Tuple[Optional[str], Optional[Path]]:
-    """Decide from the run folder what to do: (status, or None to skip the run; the weights
-    to evaluate with --eval-only). Nothing is written before these checks pass."""
-    status = run_status(run_dir)
+def _decide(folder: RunFolder, opts: RunOptions, trainable: bool) -> Tuple[Optional[str], Optional[Path]]:
+    """(status, or None to skip the run; the weights to evaluate with --eval-only), decided
+    from the folder before anything is written."""
+    status = folder.status()
     if not opts.eval_only:
         if status == "finished" and not opts.force:
             log.info("%s holds a finished run (metrics.json): nothing to do. Evaluate it again "
-                     "with --eval-only, or train it again with --force", run_dir)
+                     "with --eval-only, or train it again with --force", folder.path)
             return None, None
         if status in ("trained", "interrupted") and not (opts.resume or opts.force):
-            found = LAST if status == "interrupted" else FINAL
-            raise RunError(f"{run_dir} holds an unfinished run ({found} without metrics.json): "
-                           "continue it with --resume, or start over with --force")
-        if opts.force and status != "new":
-            log.info("--force: starting %s over", run_dir)
-            _clean(run_dir, ctx)
-            status = "new"
-        return status, None
+            found = folder.LAST if status == "interrupted" else folder.FINAL
+            raise RunError(f"{folder.path} holds an unfinished run ({found} without a complete "
+                           "metrics.json): continue it with --resume, or start over with --force")
+        return ("new" if opts.force else status), None
     if not trainable or opts.load_released:
         return status, None
-    weights = _weights_file(opts, run_dir)
-    if not weights.is_file() and (weights.parent / LAST).is_file():
-        raise RunError(f"{weights.parent} holds an unfinished run ({LAST}, no {FINAL}): "
-                       "finish it with --resume first")
+    weights = Path(opts.model_dir).expanduser() if opts.model_dir else folder.final
+    weights = weights / folder.FINAL if weights.is_dir() else weights
+    if not weights.is_file() and (weights.parent / folder.LAST).is_file():
+        raise RunError(f"{weights.parent} holds an unfinished run ({folder.LAST}, no "
+                       f"{folder.FINAL}): finish it with --resume first")
     if not weights.is_file():
-        raise CheckpointError(f"run checkpoint not found: {weights} (train the run first, or "
+        raise CheckpointError(f"run checkpoint not found: {weights} (expected a run folder "
+                              f"holding {folder.FINAL}, or that file: train the run first, or "
                               "point --model-dir at a trained run folder)")
     return status, weights
 
 
-def _train(model, train_split: DatasetSplits, cfg: Config, opts: RunOptions, run_dir: Path,
-           ctx: Context, size: int, status: str) -> Tuple[List[dict], Optional[dict]]:
+def _train(setting: Setting, model, cfg: Config, opts: RunOptions, folder: RunFolder,
+           size: int, status: str) -> Tuple[List[dict], Optional[dict]]:
     """Train (or resume, or pick up a finished training); returns (history, few-shot info)."""
     if status == "trained":
-        log.info("training already finished (%s): evaluating", run_dir / FINAL)
-        return load_weights(model, run_dir / FINAL, cfg.method.name)["history"], None
-    train = None
-    if ctx.main:           # rank 0 records the draw first; the others repeat it
-        train = fewshot(train_split, cfg.data.shots, cfg.seed, run_dir=str(run_dir))
-    ctx.barrier()
-    if not ctx.main:
-        train = fewshot(train_split, cfg.data.shots, cfg.seed, run_dir=str(run_dir))
-    log.info("training on %d images of %d classes for %d epochs (batch %d, lr %g)",
-             len(train.train), train.num_classes, cfg.optim.epochs, cfg.optim.batch_size,
-             cfg.optim.lr)
-    history = fit(model, train.train, cfg, run_dir, ctx, size, resume=opts.resume,
+        log.info("training already finished (%s): evaluating", folder.final)
+        record = folder.path / folder.FEWSHOT
+        info = ({k: v for k, v in json.loads(record.read_text()).items()
+                 if k in ("shots", "seed", "mode", "source")} if record.is_file() else None)
+        return load_weights(model, folder.final, cfg.method.name)["history"], info
+    draw = None
+    for rank_turn in (True, False):        # rank 0 records the draw first; the others repeat it
+        if setting.ctx.main == rank_turn:
+            draw = setting.draw(cfg, run_dir=str(folder.path))
+        setting.ctx.barrier()
+    train = check_images(draw.train, cfg.data.on_bad_image, f"{draw.name} training images")
+    epochs = cfg.optim.epochs_for(cfg.data.shots)
+    log.info("training on %d images of %d classes for %d epochs (%s; batch %d, lr %g)",
+             len(train), draw.num_classes, epochs, cfg.optim.epochs_reason(cfg.data.shots),
+             cfg.optim.batch_size, cfg.optim.lr)
+    history = fit(model, train, cfg, folder, setting.ctx, size, resume=opts.resume,
                   stop_after=opts.stop_after)
-    return history, train.fewshot_info
+    return history, draw.fewshot_info
 
 
-def _evaluate(model, cfg: Config, ctx: Context, clip, source: DatasetSplits,
-              train_split: DatasetSplits, datasets: Datasets, size: int,
-              per_class: Sequence[str]) -> Dict[str, dict]:
+def _evaluate(setting: Setting, model, cfg: Config, size: int) -> Dict[str, dict]:
     """Metrics per evaluated set (rank 0; {} elsewhere)."""
     results: Dict[str, dict] = {}
-    for key, split in eval_sets(cfg, source, train_split, datasets):
-        m = model_for(split, model, train_split, cfg, clip, ctx, per_class)
-        preds = predict(m, split.test, cfg, ctx, size, desc=f"test {key}")
-        if not ctx.main:
+    train = setting.train_split(cfg)
+    for key, split in setting.eval_sets(cfg):
+        m = model_for(split, model, train, cfg, setting.clip, setting.ctx, setting.per_class)
+        preds = predict(m, split.test, cfg, setting.ctx, size, desc=f"test {key}")
+        if not setting.ctx.main:
             continue
         res = classification_metrics(preds.tolist(), [d.label for d in split.test],
                                      split.num_classes)
@@ -350,38 +328,26 @@ def _evaluate(model, cfg: Config, ctx: Context, clip, source: DatasetSplits,
     return results
 
 
-def train_split_of(cfg: Config, source: DatasetSplits) -> DatasetSplits:
-    """The classes trained on: the base half (base2novel) or `data.subsample`."""
-    return subsample_classes(source, "base" if cfg.protocol == "base2novel" else cfg.data.subsample)
-
-
-def run_one(cfg: Config, opts: RunOptions, ctx: Context, clip, datasets: Datasets,
-            trainable: bool, per_class: Sequence[str]) -> None:
-    """Train (unless evaluating only) and evaluate one run; write its folder. `per_class`:
-    the method's trained tensors that are per class (checked against the test sets)."""
-    run_dir = run_folder(cfg)
-    status, weights = _preflight(cfg, opts, run_dir, ctx, trainable)
+def run_one(setting: Setting, cfg: Config, opts: RunOptions) -> Optional[dict]:
+    """Train (unless evaluating only) and evaluate one run in its folder; returns its metrics
+    document (None when the folder already held a finished run, or on ranks > 0)."""
+    folder = RunFolder(run_folder(cfg), writer=setting.ctx.main)
+    status, weights = _decide(folder, opts, setting.trainable)
     if status is None:
-        return
-    with run_log(run_dir, ctx):
-        log.info("run %s: %s on %s, %s, %d shots, seed %d%s", run_dir, method_tag(cfg),
+        return None
+    with folder.claim(), folder.logging():
+        if opts.force and not opts.eval_only:
+            folder.clean()
+        log.info("run %s: %s on %s, %s, %d shots, seed %d%s", folder.path, method_tag(cfg),
                  dataset_label(cfg), cfg.protocol, cfg.data.shots, cfg.seed,
                  " (evaluation only)" if opts.eval_only else "")
-        if cfg.demo:
-            from .miniworld.demo import NOTE
-            log.warning("%s", NOTE)
-        if ctx.main and not opts.eval_only:
-            save_config(cfg, run_dir / "config.yaml")
+        if setting.ctx.main and not opts.eval_only:
+            folder.write_config(cfg)
         seed_everything(cfg.seed)
-        source = datasets.get(cfg.data.dataset, cfg.data.root, cfg.data.split_file)
-        train_split = train_split_of(cfg, source)
-        log.info("data: %s in %s, %d classes, %d train / %d test images; split %s", source.name,
-                 source.dataset_dir, source.num_classes, len(source.train), len(source.test),
-                 source.split_info.get("file") or source.split_info.get("note"))
-        size = cfg.data.image_size or clip.visual.input_resolution
-        model = build(cfg, clip, train_split.classnames, train_split.template).to(ctx.device)
-        log.info("%s: %d trainable parameters; input %dpx", method_tag(cfg), model.num_trainable(),
-                 size)
+        size = cfg.data.image_size or setting.clip.visual.input_resolution
+        train = setting.train_split(cfg)
+        model = build(cfg, setting.clip, train.classnames, train.template).to(setting.ctx.device)
+        log.info("%s: %d trainable parameters; input %dpx", method_tag(cfg), model.num_trainable(), size)
         if opts.load_released:
             model.load_released(opts.load_released)
             log.info("loaded the released-code checkpoint %s", opts.load_released)
@@ -389,107 +355,89 @@ def run_one(cfg: Config, opts: RunOptions, ctx: Context, clip, datasets: Dataset
         if weights is not None:
             history = load_weights(model, weights, cfg.method.name)["history"]
             log.info("evaluating the trained tensors of %s", weights)
-        elif trainable and not opts.eval_only:
-            history, fewshot_info = _train(model, train_split, cfg, opts, run_dir, ctx, size, status)
-            weights = run_dir / FINAL
-        results = _evaluate(model, cfg, ctx, clip, source, train_split, datasets, size, per_class)
-        if not ctx.main:
-            return
-        summary = summary_of(cfg, results)
-        setting = {"protocol": cfg.protocol, "dataset": dataset_label(cfg),
-                   "dataset_name": cfg.data.dataset, "method": cfg.method.name,
-                   "variant": getattr(cfg.method, "variant", None), "tag": method_tag(cfg),
-                   "shots": cfg.data.shots, "seed": cfg.seed, "clip": cfg.clip,
-                   "epochs": cfg.optim.epochs if trainable else 0, "image_size": size,
-                   "subsample": train_split.subsample, "eval_datasets": list(cfg.eval.datasets)}
-        doc = {"setting": setting, "summary": summary, "results": results,
-               "train": {"trainable_parameters": model.num_trainable(), "history": history,
-                         "fewshot": fewshot_info},
-               "eval_only": opts.eval_only, "weights": str(weights) if weights else None,
-               "released_checkpoint": opts.load_released or None}
-        if cfg.demo:
-            from .miniworld.demo import NOTE
-            doc["demo"] = NOTE
-        write_metrics(run_dir / "metrics.json", doc)
-        log.info("summary: %s; wrote %s", ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items()),
-                 run_dir / "metrics.json")
+        elif setting.trainable and not opts.eval_only:
+            history, fewshot_info = _train(setting, model, cfg, opts, folder, size, status)
+            weights = folder.final
+        results = _evaluate(setting, model, cfg, size)
+        if not setting.ctx.main:
+            return None
+        doc = _metrics_doc(setting, cfg, opts, model, results, history, fewshot_info, weights, size)
+        folder.write_metrics(doc)
+        log.info("summary: %s; wrote %s", _fmt(doc["summary"]), folder.metrics)
+        return doc
+
+
+def _metrics_doc(setting: Setting, cfg: Config, opts: RunOptions, model, results, history,
+                 fewshot_info, weights, size) -> dict:
+    s = {"protocol": cfg.protocol, "dataset": dataset_label(cfg), "dataset_name": cfg.data.dataset,
+         "method": cfg.method.name, "variant": getattr(cfg.method, "variant", None),
+         "fusion": cfg.method.fusion_name() if hasattr(cfg.method, "fusion_name") else None,
+         "tag": method_tag(cfg), "setting_hash": setting_hash(cfg), "shots": cfg.data.shots,
+         "seed": cfg.seed, "clip": cfg.clip, "image_size": size,
+         "epochs": cfg.optim.epochs_for(cfg.data.shots) if setting.trainable else 0,
+         "subsample": setting.train_split(cfg).subsample, "eval_datasets": list(cfg.eval.datasets)}
+    return {"setting": s, "summary": protocol(cfg.protocol).summary(dataset_label(cfg), results),
+            "results": results, "train": {"trainable_parameters": model.num_trainable(),
+                                          "history": history, "fewshot": fewshot_info},
+            "eval_only": opts.eval_only, "weights": str(weights) if weights else None,
+            "released_checkpoint": opts.load_released or None}
 
 
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.2f}"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
+        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items())
     return str(v)
 
 
-# --------------------------------------------------------------------------- entry point
-def clip_source(name: str) -> str:
-    """`miniworld` is the shipped mini-world CLIP; other names and paths go to `dcp.clip.load`."""
-    if name == "miniworld":
-        from .miniworld import CHECKPOINT
-        return str(CHECKPOINT)
-    return name
+# --------------------------------------------------------------------------- entry points
+def describe(setting: Setting) -> str:
+    """What `--dry-run` prints: the resolved config, the data, the model and the schedule."""
+    cfg, src = setting.runs[0], setting.source
+    info = src.split_info
+    state = {True: "matches the published file", False: "differs from the published file",
+             None: info.get("note") or "no published checksum"}[info.get("matches_published")]
+    lines = ["# resolved config (first run)", config_text(cfg).rstrip(), "",
+             f"dataset {src.name}: {src.num_classes} classes, {len(src.train)} train / "
+             f"{len(src.val)} val / {len(src.test)} test images in {src.dataset_dir}",
+             f"split file: {info.get('file') or '-'} (sha256 {str(info.get('sha256'))[:12]}): {state}"]
+    for run in setting.runs:
+        train = setting.train_split(run)
+        model = build(run, setting.clip, train.classnames, train.template)
+        folder = RunFolder(run_folder(run))
+        line = f"run {folder.path} [{folder.status()}]: {model.num_trainable()} trainable parameters"
+        if setting.trainable:
+            draw = setting.draw(run)
+            epochs = run.optim.epochs_for(run.data.shots)
+            steps = max(len(draw.train) // run.optim.batch_size, 1)
+            line += (f"; {len(draw.train)} training images, {epochs} epochs "
+                     f"({run.optim.epochs_reason(run.data.shots)}) x {steps} steps = {epochs * steps} steps")
+        lines.append(line)
+        lines += [f"  test {k}: {len(s.test)} images, {s.num_classes} classes" for k, s in setting.eval_sets(run)]
+    return "\n".join(lines)
 
 
-def prepare_clip(cfg: Config, ctx: Context):
-    """Load the frozen CLIP (rank 0 first, so a download happens once) in the context's dtype."""
-    clip = None
-    if ctx.main:
-        clip, _ = load_clip(clip_source(cfg.clip), device=ctx.device)
-    ctx.barrier()
-    if not ctx.main:
-        clip, _ = load_clip(clip_source(cfg.clip), device=ctx.device)
-    if ctx.clip_dtype == torch.float16:
-        convert_weights(clip)
-    else:
-        clip.float()
-    return clip
-
-
-def run_all(cfg: Config, opts: RunOptions, seeds: Sequence[int], shots: Sequence[int]) -> None:
-    """Run the setting of `cfg` for every shots x seed (skipping finished runs)."""
-    if opts.model_dir and opts.load_released:
-        raise ConfigError("give either --model-dir or --load-released, not both")
-    if opts.model_dir and len(seeds) * len(shots) > 1:
-        raise ConfigError("--model-dir names one trained run: give a single --seed and --shots")
+@contextlib.contextmanager
+def _context(cfg: Config) -> Iterator[Context]:
     ctx = setup_context(cfg.precision)
     logging.getLogger("dcp").setLevel(logging.INFO if ctx.main else logging.WARNING)
     try:
-        if cfg.demo:
-            from .miniworld.demo import prepare_demo
-            if ctx.main:
-                prepare_demo(cfg)
-            ctx.barrier()
-            if not ctx.main:
-                prepare_demo(cfg)
-        resolve_dataset(cfg)
-        runs = [resolve(cfg, k, s) for k in shots for s in seeds]
-        clip = prepare_clip(cfg, ctx)
-        datasets = Datasets()      # read before any run folder is made: bad data fails first
-        source = datasets.get(cfg.data.dataset, cfg.data.root, cfg.data.split_file)
-        for name in runs[0].eval.datasets:
-            datasets.get(name, data_root(cfg.data.dataset, cfg.data.root))
-        # checks before any folder is made: the method fits this CLIP, and its trained
-        # tensors exist for every test set's classes
-        first = runs[0]
-        probe = build(first, clip, source.classnames[:2], source.template)
-        if opts.load_released and not hasattr(probe, "load_released"):
-            raise ConfigError(f"--load-released: method {cfg.method.name!r} cannot read "
-                              "checkpoints of the authors' released code")
-        trainable = bool(probe.trainable_parameters())
-        del probe
-        train_split = train_split_of(first, source)
-        others = [s for _, s in eval_sets(first, source, train_split, datasets)
-                  if s.classnames != train_split.classnames]
-        per_class = per_class_keys(first, clip, train_split.template) if trainable and others else []
-        for split in others if per_class else []:
-            if class_index(train_split, split) is None:
-                raise _no_class_subset(first, per_class, train_split, split)
-        for run_cfg in runs:
-            run_one(run_cfg, opts, ctx, clip, datasets, trainable, per_class)
-        if cfg.demo and ctx.main:
-            from .miniworld.demo import report_demo
-            report_demo(cfg, runs)
+        yield ctx
     finally:
         teardown_context(ctx)
+
+
+def run_all(cfg: Config, opts: RunOptions, seeds: Sequence[int], shots: Sequence[int],
+            clip=None, datasets: Optional[Datasets] = None) -> List[Optional[dict]]:
+    """Run the setting of `cfg` for every shots x seed (skipping finished runs); returns each
+    run's metrics document (None where nothing was done). `clip`/`datasets`: already loaded."""
+    with _context(cfg) as ctx:
+        setting = prepare(cfg, opts, shots, seeds, ctx, clip, datasets)
+        return [run_one(setting, run, opts) for run in setting.runs]
+
+
+def dry_run(cfg: Config, opts: RunOptions, seeds: Sequence[int], shots: Sequence[int]) -> str:
+    """Every check of `run_all`, nothing written: the description `describe` gives."""
+    with _context(cfg) as ctx:
+        return describe(prepare(cfg, opts, shots, seeds, ctx))

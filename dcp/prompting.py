@@ -1,4 +1,4 @@
-"""The one prompt mechanism every method uses (spec section 1).
+"""The one prompt mechanism every method uses (docs/methods.md, "Conventions").
 
 CLIP is never forked: `run_towers` runs its frozen blocks one by one and, before each block
 i < depth, asks a `step` function for the prompt tokens to put into the sequence:
@@ -110,8 +110,26 @@ class ClassTexts:
 
 def class_texts(classnames: Sequence[str], template: str, n: int = 0) -> ClassTexts:
     """Tokenise `template.format(name)` per class; its first n tokens become prompt slots."""
-    tokens = tokenize([template.format(name.replace("_", " ")) for name in classnames])
+    tokens = tokenize([template.format(prompt_classname(name)) for name in classnames])
     return ClassTexts(tokens, tokens.argmax(dim=-1), n)
+
+
+def prompt_classname(name: str) -> str:
+    """What a class name is in a prompt: underscores become spaces."""
+    return name.replace("_", " ")
+
+
+def duplicate_classnames(classnames: Sequence[str]) -> List[List[str]]:
+    """Groups of class names that tokenise alike (case, '_' and runs of spaces ignored)."""
+    groups: dict = {}
+    for name in classnames:
+        groups.setdefault(" ".join(prompt_classname(name).lower().split()), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def init_words(init: str) -> List[str]:
+    """The words of an init phrase, `_` read as a space (as Dassl does before counting)."""
+    return init.replace("_", " ").split()
 
 
 def prompt_prefix(n: int, init: str, max_init_words: Optional[int] = None,
@@ -120,10 +138,10 @@ def prompt_prefix(n: int, init: str, max_init_words: Optional[int] = None,
 
     Init words are used when given and n <= their count (and <= max_init_words): the whole
     phrase stays in the prompt (or only its first n words with `cut`). Otherwise the prefix
-    is n placeholders "X X ... X" and the prompts start random (spec sections 1-2). With
+    is n placeholders "X X ... X" and the prompts start random (docs/methods.md). With
     n = 0 the init words are plain fixed text.
     """
-    words = init.replace("_", " ").split()
+    words = init_words(init)
     if n == 0:
         return " ".join(words), False
     if words and n <= len(words) and (max_init_words is None or n <= max_init_words):
@@ -133,7 +151,7 @@ def prompt_prefix(n: int, init: str, max_init_words: Optional[int] = None,
 
 def init_embeddings(clip: CLIP, init: str, n: int) -> Tensor:
     """Token embeddings of the first n tokens of `init` (after SOS): (n, Dt), fp32."""
-    ids = tokenize(init)[0, 1:1 + n].to(clip.token_embedding.weight.device)
+    ids = tokenize(" ".join(init_words(init)))[0, 1:1 + n].to(clip.token_embedding.weight.device)
     return clip.token_embedding(ids).detach().float().clone()
 
 
@@ -166,4 +184,5 @@ def static_step(vision: Sequence[Optional[Tensor]] = (), text: Sequence[Optional
 
 
 __all__ = ["run_towers", "ClassTexts", "class_texts", "prompt_prefix", "init_embeddings",
+           "init_words", "prompt_classname", "duplicate_classnames",
            "encode_texts", "static_step", "per_block", "Step"]

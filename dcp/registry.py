@@ -1,33 +1,39 @@
 """Name -> class registries, filled by decorators, and the plugin loader.
 
     @FUSIONS.register("cmpa")
-    class CMPA(Fusion): ...
+    class CMPA(StateFusion): ...
 
     FUSIONS.get("cmpa")  # -> CMPA; an unknown name lists the registered ones
 
-Every `plugins/*.py` of the project (and any file given with `--plugin`) is imported by
-`load_plugins`, so a module that registers itself there is usable from a config with no
-edit to the package.
+A registry imports its built-in modules (named as strings) on first use, so this module
+imports nothing of the package and no import cycle runs through it. `load_plugins` imports
+fusion modules from outside the package: `./plugins/*.py`, the `plugins/` folder of the
+checkout this package sits in, files given with `--plugin`, and the entry points of the group
+`dcp.fusions` (how a separate pip package adds one). See docs/design.md, "Extending".
 """
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, TypeVar
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PLUGIN_DIR = Path(__file__).resolve().parent.parent / "plugins"
+CHECKOUT_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"   # in a source checkout
+ENTRY_POINT_GROUP = "dcp.fusions"
 
 
 class Registry:
-    """A named table of classes (or factories)."""
+    """A named table of classes (or factories); `builtins` are imported on first lookup."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, builtins: Sequence[str] = ()):
         self.kind = kind
+        self.builtins = list(builtins)
         self._items: Dict[str, object] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -39,47 +45,74 @@ class Registry:
             return obj
         return add
 
+    def _load_builtins(self) -> None:
+        while self.builtins:
+            importlib.import_module(self.builtins.pop(0))
+
     def get(self, name: str):
+        self._load_builtins()
         if name not in self._items:
             raise KeyError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}")
         return self._items[name]
 
-    def names(self) -> list:
+    def names(self) -> List[str]:
+        self._load_builtins()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
+        self._load_builtins()
         return name in self._items
 
 
-METHODS = Registry("method")
-FUSIONS = Registry("fusion module")
-DATASETS = Registry("dataset")
+METHODS = Registry("method", ["dcp.methods"])
+FUSIONS = Registry("fusion module", ["dcp.fusion"])
+DATASETS = Registry("dataset", ["dcp.data.datasets", "dcp.miniworld.data"])
+PROTOCOLS = Registry("protocol", ["dcp.protocols"])
 
 _loaded: set = set()
 
 
-def load_plugins(extra: Iterable[str] = (), plugin_dir: Optional[Path] = PLUGIN_DIR) -> list:
-    """Import every `plugin_dir/*.py` and each extra file path; return the files imported.
+def plugin_dirs() -> List[Path]:
+    """`./plugins` and the checkout's `plugins/` (when the package runs from a checkout)."""
+    dirs = []
+    for d in (Path.cwd() / "plugins", CHECKOUT_PLUGINS):
+        if d.is_dir() and d.resolve() not in dirs:
+            dirs.append(d.resolve())
+    return dirs
 
-    A file is imported once per process. A missing extra file is an error naming it.
+
+def load_plugins(extra: Iterable[str] = (), dirs: Optional[Sequence[Path]] = None,
+                 entry_points: bool = True) -> List[str]:
+    """Import plugin files and entry points; return what was imported (each once per process).
+
+    `dirs` (default `plugin_dirs()`): every `*.py` not starting with `_`; `extra`: more files
+    (a missing one is an error naming it); `entry_points`: the group `dcp.fusions`.
     """
-    files = sorted(plugin_dir.glob("*.py")) if plugin_dir and plugin_dir.is_dir() else []
+    files = [p for d in (plugin_dirs() if dirs is None else dirs) for p in sorted(Path(d).glob("*.py"))
+             if not p.name.startswith("_")]
     for p in extra:
-        path = Path(p)
-        if not path.is_file():
-            raise FileNotFoundError(f"plugin file not found: {path}")
-        files.append(path)
-    done = []
-    for path in files:
-        path = path.resolve()
-        if path.name.startswith("_") or path in _loaded:
-            continue
-        name = f"dcp_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        _loaded.add(path)
-        done.append(path)
-        log.debug("loaded plugin %s", path)
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"plugin file not found: {p}")
+        files.append(Path(p))
+    done = [str(path) for path in map(Path.resolve, files) if _import_file(path)]
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if f"entry point {ep.value}" not in _loaded:
+                ep.load()
+                _loaded.add(f"entry point {ep.value}")
+                done.append(f"entry point {ep.name} = {ep.value}")
+    for item in done:
+        log.debug("loaded plugin %s", item)
     return done
+
+
+def _import_file(path: Path) -> bool:
+    if path in _loaded:
+        return False
+    name = f"dcp_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    _loaded.add(path)
+    return True

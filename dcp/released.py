@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import re
+import zipfile
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple, Union
 
@@ -19,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.optim.sgd import SGD
+
+from .utils import CorruptFileError, verify_zip
 
 ALLOWED_GLOBALS = [CosineAnnealingLR, SGD, collections.defaultdict, dict]
 
@@ -70,8 +73,12 @@ def find_checkpoint(path: Union[str, Path], method: str) -> Path:
 def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
     """The `state_dict` of a Dassl checkpoint as fp32 tensors, read without running code."""
     try:
+        if zipfile.is_zipfile(path):
+            verify_zip(path)        # CRCs and size: torch.load itself checks neither
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except CorruptFileError as e:
+        raise ReleasedCheckpointError(str(e)) from None
     except Exception as e:  # pickle, zip and weights-only errors all mean: not a usable file
         raise ReleasedCheckpointError(
             f"cannot read {path} as a checkpoint of the released code (only tensors and "

@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic writes, file checksums and a dependency-free progress bar."""
+"""Small shared helpers: atomic writes, checked checkpoint files, file checksums and a
+dependency-free progress bar."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +8,7 @@ import os
 import sys
 import tempfile
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
@@ -52,10 +54,78 @@ def atomic_write_text(path: Union[str, Path], text: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
+DIGEST_MEMBER = "dcp-sha256"       # <archive>/dcp-sha256 holds the SHA-256 of every other member
+MAX_EXPANSION = 4                   # a zip may expand to at most 4x its size (+16 MiB) in memory
+
+
+class CorruptFileError(ValueError):
+    """A torch file whose bytes are not the ones that were written."""
+
+
+def _members_digest(zf: zipfile.ZipFile) -> str:
+    """SHA-256 over (name, bytes) of every member but the digest; reading checks each CRC."""
+    h = hashlib.sha256()
+    for info in zf.infolist():
+        if info.filename.endswith("/" + DIGEST_MEMBER):
+            continue
+        h.update(info.filename.encode() + b"\0")
+        with zf.open(info) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def verify_zip(path: Union[str, Path], require_digest: bool = False) -> None:
+    """Check a zip-format torch file before anything is unpickled from it.
+
+    Refuses a file whose members would expand to more than MAX_EXPANSION times its size, reads
+    every member once (zipfile checks each CRC-32) and, if the file carries `DIGEST_MEMBER`
+    (every file `atomic_torch_save` writes does), compares the SHA-256. `require_digest`: a
+    missing digest is an error too (the run folder's own checkpoints). CorruptFileError else.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            size = path.stat().st_size
+            expanded = sum(i.file_size for i in zf.infolist())
+            if expanded > MAX_EXPANSION * size + (16 << 20):
+                raise CorruptFileError(
+                    f"{path}: its members expand to {expanded} bytes from a {size}-byte file; "
+                    "refusing to read it (a checkpoint is stored, not compressed)")
+            digest = _members_digest(zf)
+            record = [n for n in zf.namelist() if n.endswith("/" + DIGEST_MEMBER)]
+            stored = zf.read(record[0]).decode().strip() if record else None
+    except CorruptFileError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+            UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{path}: damaged file ({type(e).__name__}: {str(e)[:200]}); "
+                               "delete it (or restore it) and try again") from None
+    if stored is None and require_digest:
+        raise CorruptFileError(f"{path}: no {DIGEST_MEMBER} record; this file was not written "
+                               "by dcp (or was rewritten since)")
+    if stored is not None and stored != digest:
+        raise CorruptFileError(f"{path}: SHA-256 mismatch (recorded {stored[:12]}..., content "
+                               f"{digest[:12]}...): the file was changed after it was written")
+
+
 def atomic_torch_save(obj, path: Union[str, Path]) -> None:
+    """torch.save, atomically, plus a DIGEST_MEMBER record that `load_torch_file` checks."""
     import torch
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+        with zipfile.ZipFile(tmp) as zf:
+            digest = _members_digest(zf)
+            folder = zf.namelist()[0].split("/")[0]     # torch wants every record in one folder
+        with zipfile.ZipFile(tmp, "a") as zf:
+            zf.writestr(f"{folder}/{DIGEST_MEMBER}", digest + "\n")
+
+
+def load_torch_file(path: Union[str, Path], require_digest: bool = False, **kwargs):
+    """`torch.load(path, weights_only=True)` after `verify_zip` (CRCs, SHA-256, size)."""
+    import torch
+    verify_zip(path, require_digest=require_digest)
+    return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
 
 
 class Progress:
@@ -129,3 +199,9 @@ def _fmt(seconds: float) -> str:
 
 def _fmtv(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def mix_seed(*parts: object) -> int:
+    """A 62-bit seed from its parts (stable across processes, machines and Python versions)."""
+    h = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 2

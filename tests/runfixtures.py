@@ -83,7 +83,12 @@ def argv(method: str, clip: Path, data: Path, out: Path, *extra: str, shots: int
 
 def run_dir(out: Path, method: str, dataset: str = "data", shots: int = 2, seed: int = 1,
             protocol: str = "fewshot") -> Path:
-    return out / protocol / dataset / method / f"shots{shots}" / f"seed{seed}"
+    """The run folder `<out>/<protocol>/<dataset>/<method tag>-<setting hash>/shots<K>/seed<S>`
+    of the one setting of `method` under `out` (a path that does not exist if there is none)."""
+    found = sorted((out / protocol / dataset).glob(f"{method}-????????"))
+    assert len(found) <= 1, f"several settings of {method} under {out}: {found}"
+    setting = found[0] if found else out / protocol / dataset / f"{method}-(none)"
+    return setting / f"shots{shots}" / f"seed{seed}"
 
 
 def metrics(folder: Path) -> dict:

@@ -41,7 +41,8 @@ def test_draw_counts_and_determinism(pets):
     assert all(sum(d.label == c for d in a.train) == 4 for c in range(5))
     assert set(a.train) <= set(ds.train) and set(a.val) <= set(ds.val)
     assert a.test == ds.test and a.classnames == ds.classnames
-    assert a.fewshot_info == {"shots": 4, "seed": 1, "source": "drawn", "record": None}
+    assert a.fewshot_info == {"shots": 4, "seed": 1, "mode": "per_class", "source": "drawn",
+                              "record": None}
     random.seed(12345)                                  # global RNG state is irrelevant
     b = fewshot(build_dataset("oxford_pets", str(pets)), 4, seed=1)
     assert a.train == b.train and a.val == b.val
@@ -74,12 +75,82 @@ def test_draw_independent_of_order_and_nested(pets):
     assert set(k2) < set(k8)                              # a K-shot draw contains smaller K
 
 
-def test_small_class_warns(pets, caplog):
+@pytest.mark.parametrize("mode", ["per_class", "dassl"])
+def test_small_class_is_an_error(pets, mode):
     ds = build_dataset("oxford_pets", str(pets))
-    with caplog.at_level(logging.WARNING):
-        out = fewshot(ds, 32, 1)
-    assert len(out.train) == 100
-    assert "class 'abyssinian' has only 20 train image(s), fewer than 32" in caplog.text
+    with pytest.raises(DatasetError, match="class 'abyssinian' has only 20 train image.s., fewer "
+                                           "than shots=32: choose data.shots <= 20"):
+        fewshot(ds, 32, 1, mode=mode)
+    assert len(fewshot(ds, 8, 1, mode=mode).val) == 5 * 4      # val: min(K, 4) of 6
+
+
+# --------------------------------------------------------------------------- Dassl's draw
+def dassl_reference(train, val, shots, seed):
+    """Dassl's algorithm, written out from its description: `random.seed(seed)`, then per data
+    source (train with K, val with min(K, 4)) group items by label in order of first
+    appearance and `random.sample(items, K)` per group (a smaller group is taken whole)."""
+    random.seed(seed)
+    out = []
+    for source, k in ((train, shots), (val, min(shots, 4))):
+        groups = {}
+        for item in source:
+            groups.setdefault(item.label, []).append(item)
+        picked = []
+        for items in groups.values():
+            picked.extend(random.sample(items, k) if len(items) >= k else items)
+        out.append(picked)
+    return out
+
+
+SPLITS = Path(__file__).resolve().parents[2] / "shared" / "assets" / "coop-splits"
+
+
+@pytest.mark.skipif(not SPLITS.is_dir(), reason=f"{SPLITS} is absent (no ../shared/assets)")
+@pytest.mark.parametrize("name", ["Caltech101", "DescribableTextures", "EuroSAT", "OxfordFlowers",
+                                  "OxfordPets", "StanfordCars", "UCF101"])
+def test_dassl_draw_matches_the_released_algorithm_on_the_real_splits(name):
+    from dcp.data import Datum
+    from dcp.data.fewshot import draw_dassl
+    doc = json.loads((SPLITS / f"split_zhou_{name}.json").read_text())
+    train, val = ([Datum(p, label, c) for p, label, c in doc[s]] for s in ("train", "val"))
+    for shots in (1, 2, 4, 8, 16):
+        for seed in (1, 2, 3):
+            random.seed(999)                              # our draw ignores the global RNG
+            rng = random.Random(seed)
+            got = (draw_dassl(train, shots, rng, "train", name),
+                   draw_dassl(val, min(shots, 4), rng, "val", name))
+            want = dassl_reference(train, val, shots, seed)
+            assert list(got) == want, (name, shots, seed)
+
+
+def test_dassl_draw_end_to_end_with_base_classes_and_record(pets, tmp_path):
+    ds = build_dataset("oxford_pets", str(pets))
+    assert ds.fewshot_draw == "dassl"                     # the benchmarks' default
+    train, val = dassl_reference(ds.train, ds.val, 4, 2)
+    full = fewshot(ds, 4, 2, mode="dassl")
+    assert full.train == train and full.val == val and full.fewshot_info["mode"] == "dassl"
+    base = fewshot(ds, 4, 2, run_dir=str(tmp_path), mode="dassl", subsample="base")
+    assert base.classnames == ds.classnames[:3] and base.subsample == "base"
+    assert base.train == [d for d in train if d.label < 3]    # drawn on all classes, then cut
+    assert json.loads((tmp_path / "fewshot.json").read_text())["mode"] == "dassl"
+    assert fewshot(ds, 4, 2, run_dir=str(tmp_path), mode="dassl", subsample="base").train == base.train
+    with pytest.raises(DatasetError, match="'mode': 'per_class'"):   # the record is of another mode
+        fewshot(ds, 4, 2, run_dir=str(tmp_path), mode="per_class", subsample="base")
+    with pytest.raises(DatasetError, match="made on all classes"):
+        fewshot(subsample_classes(ds, "base"), 4, 2, mode="dassl")
+
+
+def test_tampered_record_pointing_outside_the_dataset_is_refused(pets, tmp_path):
+    ds = build_dataset("oxford_pets", str(pets))
+    fewshot(ds, 2, 1, run_dir=str(tmp_path))
+    rec = tmp_path / "fewshot.json"
+    doc = json.loads(rec.read_text())
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    for evil in ("../../secret.jpg", str(tmp_path / "secret.jpg")):
+        doc["train"][0][0] = evil
+        rec.write_text(json.dumps(doc))
+        with pytest.raises(DatasetError, match="outside the image folder"):
+            fewshot(ds, 2, 1, run_dir=str(tmp_path))
 
 
 def test_record_save_load_and_repeat(pets, tmp_path):

@@ -4,11 +4,12 @@ import logging
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 import datafixtures as F
-from dcp.data import (CLIP_MEAN, CLIP_STD, DatasetError, Datum, ShardSampler, build_loader,
-                      build_transform, load_image)
+from dcp.data import (CLIP_MEAN, CLIP_STD, DatasetError, Datum, batches, build_transform,
+                      eval_loader, load_image, train_loader)
+from dcp.data.loader import EvalBatches, TrainBatches
 
 
 def _save(path, im, fmt, **kw):
@@ -43,7 +44,8 @@ def test_load_image_modes(odd_images):
     assert r < 30 and g > 225 and b > 225
     assert load_image(odd_images["palette"]).getpixel((1, 1)) == (10, 200, 30)
     assert load_image(odd_images["rgba"]).getpixel((1, 1)) == (5, 6, 7)
-    ex = load_image(odd_images["exif"])
+    assert load_image(odd_images["exif"]).size == (40, 20)      # as stored: Dassl ignores EXIF
+    ex = load_image(odd_images["exif"], exif_transpose=True)
     assert ex.size == (20, 40)                            # upright: rotated by its EXIF tag
     top, bottom = ex.getpixel((10, 5)), ex.getpixel((10, 35))
     assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
@@ -90,68 +92,66 @@ def _data(tmp_path, n=6, bad=()):
     return data
 
 
+def _idx(loader, on_bad_image="fail"):
+    return torch.cat([b[2] for b in batches(loader, on_bad_image)]).tolist()
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_bad_image_fails_naming_the_file(tmp_path, workers):
     data = _data(tmp_path, bad=(3,))
-    loader = build_loader(data, build_transform(False, 16), 2, False, 0, workers)
     with pytest.raises(DatasetError) as e:
-        list(loader)
+        _idx(eval_loader(data, build_transform(False, 16), 2, workers))
     assert data[3].path in str(e.value) and "cannot decode image" in str(e.value)
+    assert "\n" not in str(e.value)                       # one line, also from a worker
     gone = _data(tmp_path / "g")
     (tmp_path / "g/d/a/img_000.jpg").unlink()
     with pytest.raises(DatasetError, match="img_000.jpg"):
-        list(build_loader(gone, build_transform(False, 16), 2, False, 0, 0))
+        _idx(eval_loader(gone, build_transform(False, 16), 2))
 
 
 def test_bad_image_skip(tmp_path, caplog):
     data = _data(tmp_path, n=8, bad=(2, 3, 5))
-    loader = build_loader(data, build_transform(False, 16), 4, False, 0, 0, on_bad_image="skip")
+    loader = eval_loader(data, build_transform(False, 16), 4)
     with caplog.at_level(logging.WARNING):
-        batches = list(loader)
-    idx = torch.cat([b[2] for b in batches]).tolist()
-    assert idx == [0, 1, 4, 6, 7] and loader.skipped == 3
-    assert all(b[0].shape[1:] == (3, 16, 16) for b in batches)
-    assert data[5].path in caplog.text and "skipped 3 image(s)" in caplog.text
+        got = list(batches(loader, "skip"))
+    assert torch.cat([b[2] for b in got]).tolist() == [0, 1, 4, 6, 7]
+    assert all(b[0].shape[1:] == (3, 16, 16) for b in got)
+    assert data[5].path in caplog.text and caplog.text.count("skipping image") == 3
     # a batch whose images are all bad is dropped, the pass goes on
-    loader = build_loader(data, build_transform(False, 16), 2, False, 0, 0, on_bad_image="skip")
-    assert [b[2].tolist() for b in loader] == [[0, 1], [4], [6, 7]] and loader.skipped == 3
-    with pytest.raises(DatasetError, match="on_bad_image"):
-        build_loader(data, build_transform(False, 16), 2, False, 0, 0, on_bad_image="ignore")
+    loader = eval_loader(data, build_transform(False, 16), 2)
+    assert [b[2].tolist() for b in batches(loader, "skip")] == [[0, 1], [4], [6, 7]]
 
 
 def test_items_and_seeded_shuffle(tmp_path):
     data = _data(tmp_path, n=10)
     t = build_transform(False, 16)
-    loader = build_loader(data, t, 4, True, 7, 0)
+    loader = train_loader(data, t, 4, seed=7)
     assert isinstance(loader, DataLoader) and not loader.persistent_workers
     assert loader.pin_memory == torch.cuda.is_available()
-    images, labels, idx = next(iter(loader))
+    images, labels, idx = next(batches(loader))
     assert images.shape == (4, 3, 16, 16) and labels.tolist() == [data[i].label for i in idx.tolist()]
-    order = lambda ld: torch.cat([b[2] for b in ld]).tolist()      # noqa: E731
-    first = order(build_loader(data, t, 4, True, 7, 0))
-    assert sorted(first) == list(range(10)) and first != list(range(10))
-    assert order(build_loader(data, t, 4, True, 7, 0)) == first
-    assert order(build_loader(data, t, 4, True, 8, 0)) != first
-    workers = build_loader(data, t, 4, True, 7, 2)       # same order with workers
-    assert workers.persistent_workers and order(workers) == first
-    assert order(build_loader(data, t, 4, False, 7, 0)) == list(range(10))
+    first = _idx(train_loader(data, t, 4, seed=7))
+    assert len(first) == 8 and len(set(first)) == 8 and first != sorted(first)  # last 2 dropped
+    assert _idx(train_loader(data, t, 4, seed=7)) == first
+    assert _idx(train_loader(data, t, 4, seed=8)) != first
+    workers = train_loader(data, t, 4, seed=7, num_workers=2)      # same order with workers
+    assert workers.persistent_workers and _idx(workers) == first
+    workers.batch_sampler.set_epoch(8)                              # next epoch, same workers
+    assert _idx(workers) == _idx(train_loader(data, t, 4, seed=8))
+    assert _idx(eval_loader(data, t, 4)) == list(range(10))
 
 
-def test_distributed_samplers(tmp_path):
-    data = _data(tmp_path, n=10)
-    t = build_transform(False, 16)
-    seen = []
-    for rank in range(3):
-        ld = build_loader(data, t, 2, False, 0, 0, distributed=True, rank=rank, world_size=3)
-        assert isinstance(ld.sampler, ShardSampler)
-        seen += torch.cat([b[2] for b in ld]).tolist()
+def test_process_shards():
+    seen = [i for r in range(3) for b in EvalBatches(10, 2, r, 3) for i in b]
     assert sorted(seen) == list(range(10))                # every test image exactly once
-    ld = build_loader(data, t, 2, True, 5, 0, distributed=True, rank=1, world_size=3)
-    assert isinstance(ld.sampler, DistributedSampler) and ld.sampler.seed == 5
-    with pytest.raises(DatasetError, match="process group"):
-        build_loader(data, t, 2, True, 5, 0, distributed=True)
+    assert [b for b in EvalBatches(10, 2, 1, 3)] == [[2, 3], [8, 9]]   # in its single-process batch
+    one = list(TrainBatches(12, 4, seed=5))
+    parts = [list(TrainBatches(12, 4, 5, rank=r, world=2)) for r in range(2)]
+    assert [a + b for a, b in zip(*parts)] == one          # the same global batches, split
+    with pytest.raises(ValueError, match="cannot be split"):
+        TrainBatches(12, 4, 5, rank=0, world=3)
 
 
 def test_empty_data_is_an_error():
     with pytest.raises(DatasetError, match="no images"):
-        build_loader([], build_transform(False, 16), 2, False, 0, 0)
+        eval_loader([], build_transform(False, 16), 2)

@@ -10,7 +10,8 @@ import datafixtures as F
 import dcp.data.datasets
 import dcp.data.make_split
 import dcp.data.splits
-from dcp.data import DatasetError, build_dataset, build_loader, build_transform, fewshot
+from dcp.data import (DatasetError, batches, build_dataset, build_transform, eval_loader, fewshot,
+                      train_loader)
 from dcp.data.make_split import main as make_split_main
 from dcp.data.splits import MANIFEST, load_manifest, sha256_file
 
@@ -182,8 +183,8 @@ def test_real_photos_clothing_small(tmp_path):
     assert sum(d.label == 2 for d in ds.test) == 72      # longsleeve: 72 test photos
     few = fewshot(ds, 2, seed=1, run_dir=str(tmp_path))
     assert len(few.train) == 20 and (tmp_path / "fewshot.json").is_file()
-    loader = build_loader(few.train, build_transform(True, 64), 8, True, 1, 0)
-    images, labels, idx = next(iter(loader))
+    loader = train_loader(few.train, build_transform(True, 64), 8, seed=1)
+    images, labels, idx = next(batches(loader))
     assert images.shape == (8, 3, 64, 64) and torch.isfinite(images).all()
     assert labels.tolist() == [few.train[i].label for i in idx.tolist()]
     assert images.std() > 0.1                             # real pixels, not a constant
@@ -195,5 +196,5 @@ def test_real_photos_dtd_subset():
     ds = build_dataset("dtd", str(DTD_SUBSET), split_file=str(split))
     assert (len(ds.train), len(ds.val), len(ds.test), ds.num_classes) == (160, 40, 120, 10)
     assert ds.split_info["matches_published"] is False    # a derived subset, not the published file
-    images, labels, _ = next(iter(build_loader(ds.test[:4], build_transform(False, 32), 4, False, 0, 0)))
+    images, labels, _ = next(batches(eval_loader(ds.test[:4], build_transform(False, 32), 4)))
     assert images.shape == (4, 3, 32, 32) and labels.tolist() == [0, 0, 0, 0]

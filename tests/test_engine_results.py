@@ -9,14 +9,17 @@ import math
 import pytest
 
 import runfixtures as R
-from dcp.results import aggregate, harmonic_mean, write_metrics
+from dcp.protocols import harmonic_mean
+from dcp.results import aggregate
+from dcp.rundir import RunFolder
 
 
-def _run(root, protocol, dataset, tag, shots, seed, results):
-    folder = root / protocol / dataset / tag / f"shots{shots}" / f"seed{seed}"
+def _run(root, protocol, dataset, tag, shots, seed, results, setting_hash="0" * 16):
+    folder = root / protocol / dataset / f"{tag}-{setting_hash[:8]}" / f"shots{shots}" / f"seed{seed}"
     setting = {"protocol": protocol, "dataset": dataset, "tag": tag, "method": tag.split("_")[0],
-               "shots": shots, "seed": seed}
-    write_metrics(folder / "metrics.json", {
+               "shots": shots, "seed": seed, "setting_hash": setting_hash}
+    folder.mkdir(parents=True)
+    RunFolder(folder).write_metrics({
         "setting": setting, "summary": {},
         "results": {k: {"accuracy": v} for k, v in results.items()}})
 
@@ -87,5 +90,5 @@ def test_aggregate_command_prints_the_tables(runs, capsys):
     assert run.main(["aggregate", str(runs)]) == 0
     out = capsys.readouterr().out
     assert "## Few-shot classification" in out and "## Base-to-novel generalisation" in out
-    assert "protocol,source,dataset,method,shots,metric,mean,std,seeds" in out
+    assert "protocol,source,dataset,method,setting,shots,metric,mean,std,seeds" in out
     assert run.main(["aggregate", str(runs / "nothing")]) == 2

@@ -309,12 +309,15 @@ def test_bad_options_name_the_key(clip):
         config_from_dict({"method": {"name": "dcp", "fusing": "median"}})
     with pytest.raises(ConfigError, match="unknown method 'dcpp'.*coop.*dcp"):
         config_from_dict({"method": {"name": "dcpp"}})
-    with pytest.raises(ValueError, match="depth=13 but this CLIP tower has only 3 blocks"):
+    with pytest.raises(ValueError, match="method.depth=13 but this CLIP's text tower has only 3 "
+                                         "blocks: set method.depth=3"):
         make(clip, "dcp", depth=13)
-    with pytest.raises(KeyError, match="unknown fusion module 'nope'.*cmpa"):
+    with pytest.raises(ConfigError, match="unknown fusion module 'nope'.*cmpa"):
         make(clip, "maple", fusion="nope")
-    with pytest.raises(ValueError, match="needs learned shallow prompts in both"):
+    with pytest.raises(ConfigError, match="fusion 'cmpa' does not support method 'maple'"):
         make(clip, "maple", fusion="cmpa")           # MaPLe owns no visual prompts
+    with pytest.raises(ConfigError, match="method.depth"):
+        make(clip, "dcp", depth=0)
 
 
 def test_resnet_clip_runs_text_methods_and_rejects_visual_prompts():

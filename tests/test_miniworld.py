@@ -17,7 +17,8 @@ import torch
 from dcp.clip import load
 from dcp.clip.loading import read_state_dict
 from dcp.data import DatasetError, build_dataset, detect_dataset, fewshot, subsample_classes
-from dcp.miniworld import CHECKPOINT, RECORD, TASKS, make_data
+from dcp.miniworld import CHECKPOINT, RECORD
+from dcp.miniworld.data import TASKS, make_data
 from dcp.miniworld.__main__ import main as cli
 from dcp.miniworld.data import task_images
 from dcp.miniworld.pretrain import ARCH, Settings, ZeroShotSets, training_batch

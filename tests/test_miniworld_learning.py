@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import runfixtures as R
-from dcp.miniworld import CHECKPOINT, make_data
+from dcp.miniworld import CHECKPOINT
+from dcp.miniworld.data import make_data
 
 TASK = "miniworld_shapes_sketch"          # few-shot task: sketches, prompted "a photo of a {}."
 SHOTS = 8

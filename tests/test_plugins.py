@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from dcp.clip.model import CLIP
-from dcp.config import config_from_dict
+from dcp.config import ConfigError, config_from_dict
 from dcp.methods import build_method
-from dcp.registry import FUSIONS, PLUGIN_DIR, Registry, load_plugins
+from dcp.registry import CHECKOUT_PLUGINS, FUSIONS, Registry, load_plugins
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def train_step(model, images):
 
 
 def test_shipped_example_plugin_is_discovered_and_trains(clip):
-    assert (PLUGIN_DIR / "gated_coupling.py").is_file()
+    assert (CHECKOUT_PLUGINS / "gated_coupling.py").is_file()
     load_plugins()
     assert "gated_coupling" in FUSIONS
     cfg = config_from_dict({"method": {"name": "ivlp", "fusion": "gated_coupling", "depth": 2}})
@@ -41,25 +41,25 @@ def test_plugin_file_from_the_command_line(tmp_path, clip):
     path = tmp_path / "swap_fusion.py"
     path.write_text(textwrap.dedent('''
         from torch import nn
-        from dcp.fusion import Fusion
+        from dcp.fusion import StateFusion
         from dcp.registry import FUSIONS
 
         @FUSIONS.register("test_states_plugin")
-        class Half(Fusion):
-            kind = "states"
-            def __init__(self, dims, opts=None, scale=1.0):
-                super().__init__(dims, opts)
+        class Half(StateFusion):
+            supports = ("dcp",)
+            def __init__(self, dims, *, scale=1.0):
+                super().__init__(dims)
                 self.scale = scale
                 self.mix = nn.Linear(dims.dt, dims.dv)
-            def forward(self, i, v, t):
-                if v is None:
-                    return None, None
-                return v + self.scale * self.mix(t), None
+            def text(self, i, t, v):
+                return None
+            def vision(self, i, v, t):
+                return v + self.scale * self.mix(t)
     '''))
     with pytest.raises(FileNotFoundError, match="missing.py"):
-        load_plugins(extra=[tmp_path / "missing.py"], plugin_dir=None)
-    assert load_plugins(extra=[path], plugin_dir=None) == [path.resolve()]
-    assert load_plugins(extra=[path], plugin_dir=None) == []          # imported once
+        load_plugins(extra=[tmp_path / "missing.py"], dirs=[], entry_points=False)
+    assert load_plugins(extra=[path], dirs=[], entry_points=False) == [str(path.resolve())]
+    assert load_plugins(extra=[path], dirs=[], entry_points=False) == []      # imported once
     cfg = config_from_dict({"method": {"name": "dcp", "fusion": "test_states_plugin", "depth": 2,
                                        "n_ctx": 3, "n_ctx_vision": 3, "fusion_args": {"scale": 0.5}}})
     model = build_method(cfg.method, clip, ["cat", "dog"])
@@ -70,10 +70,11 @@ def test_plugin_file_from_the_command_line(tmp_path, clip):
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(images), model(images, model.precompute()))
-    bad = config_from_dict({"method": {"name": "dcp", "fusion": "test_states_plugin", "depth": 2,
-                                       "fusion_args": {"scael": 1}}})
-    with pytest.raises(TypeError, match="scael"):
-        build_method(bad.method, clip, ["cat"])
+    with pytest.raises(ConfigError, match="'test_states_plugin' has no option 'scael'"):
+        config_from_dict({"method": {"name": "dcp", "fusion": "test_states_plugin", "depth": 2,
+                                     "fusion_args": {"scael": 1}}})
+    with pytest.raises(ConfigError, match="'test_states_plugin' does not support method 'ivlp'"):
+        config_from_dict({"method": {"name": "ivlp", "fusion": "test_states_plugin", "depth": 2}})
 
 
 def test_registry_errors():

@@ -6,7 +6,7 @@ import pytest
 
 import datafixtures as DF
 import runfixtures as R
-from dcp.results import harmonic_mean
+from dcp.protocols import harmonic_mean
 
 FOUR = ("red_thing", "green_thing", "blue_thing", "yellow_thing")
 

@@ -41,8 +41,8 @@ def _same_weights(a, b):
 def test_resume_after_a_kill_equals_the_uninterrupted_run(run, tiny, uninterrupted, tmp_path, caplog):
     clip, data = tiny
     args = R.argv("dcp", clip, data, tmp_path, *EPOCHS)
-    folder = R.run_dir(tmp_path, "dcp")
     assert run.main(args + ["--stop-after", "1"]) == 3            # killed after epoch 1
+    folder = R.run_dir(tmp_path, "dcp")
     assert (folder / "last.pt").is_file() and not (folder / "metrics.json").exists()
     assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 1
 

@@ -32,7 +32,7 @@ from PIL import Image
 from torchvision import transforms
 
 from dcp.clip.model import CLIP, build_model, convert_weights
-from dcp.utils import Progress, atomic_path, sha256_file
+from dcp.utils import CorruptFileError, Progress, atomic_path, sha256_file, verify_zip
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +311,11 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if zipfile.is_zipfile(path):
+        try:
+            verify_zip(path)        # CRCs and size: torch.load itself checks neither
+        except CorruptFileError as e:
+            raise CheckpointError(str(e)) from None
     if _is_torchscript(path):
         return read_torchscript_state_dict(path)
     try:
@@ -369,8 +374,8 @@ def load(name_or_path: Union[str, Path], device: Union[str, torch.device, None] 
          ) -> Tuple[CLIP, Callable[[Image.Image], torch.Tensor]]:
     """A frozen pretrained CLIP and its image preprocessing.
 
-    `name_or_path`: a name from `available_models()` (downloaded to the cache if needed) or a
-    checkpoint file. `device`: default CUDA when available, else CPU. On CPU the weights are
+    `name_or_path`: a name from `available_models()` (downloaded to the cache if needed),
+    `miniworld` (the tiny CLIP shipped in `dcp/miniworld/`) or a checkpoint file. `device`: default CUDA when available, else CPU. On CPU the weights are
     fp32; on CUDA OpenAI's fp16 weights stay fp16 (LayerNorm computes in fp32). The model is in
     eval mode with every parameter's `requires_grad` off.
     """
@@ -378,11 +383,14 @@ def load(name_or_path: Union[str, Path], device: Union[str, torch.device, None] 
                           "cuda" if torch.cuda.is_available() else "cpu")
     if str(name_or_path) in MODELS:
         path = download(str(name_or_path), download_root)
+    elif str(name_or_path) == "miniworld":
+        from dcp.miniworld import CHECKPOINT as path
     elif Path(name_or_path).expanduser().is_file():
         path = Path(name_or_path).expanduser()
     else:
-        raise CheckpointError(f"{str(name_or_path)!r} is neither a CLIP model name "
-                              f"({', '.join(available_models())}) nor an existing checkpoint file")
+        raise CheckpointError(f"{str(name_or_path)[:200]!r} is neither a CLIP model name "
+                              f"({', '.join(available_models())}, miniworld) nor an existing "
+                              "checkpoint file")
     state_dict = read_state_dict(path)
     try:
         model = build_model(state_dict)

@@ -15,9 +15,10 @@ Public API (what the engine uses):
     save_fewshot(draw, path), load_fewshot(path)          # the draw as readable JSON
     subsample_classes(splits, "all" | "base" | "new") -> DatasetSplits
     build_transform(train: bool, size: int = 224)         # PIL -> (3, size, size) tensor
-    build_loader(data, transform, batch_size, shuffle, seed, num_workers, distributed=False,
-                 *, drop_last=False, on_bad_image="fail" | "skip", rank=None, world_size=None)
-        -> torch DataLoader of (images (B,3,S,S), labels (B,), indices (B,))
+    train_loader(data, transform, batch_size, seed, num_workers, rank, world)   # see loader.py
+    eval_loader(data, transform, batch_size, num_workers, rank, world)
+    batches(loader, on_bad_image) -> (images (B,3,S,S), labels (B,), indices (B,)) per batch
+    check_images(data, on_bad_image, desc) -> data        # every header read before a run
     python -m dcp.data.make_split {caltech101,dtd,eurosat,food101,ucf101,sun397,folder,csv} --root ...
 
 Registered datasets (`dcp.registry.DATASETS`, folders under one data root as in CoOp's
@@ -29,7 +30,7 @@ split file) and `csv` (path,label[,classname] rows) for users' own data.
 
 Conventions:
 - Class names are raw (underscores kept, e.g. "Apply_Eye_Makeup"); prompt code does
-  `.replace("_", " ")` (spec §1).
+  `.replace("_", " ")` (docs/methods.md).
 - ImageNet: train = images/train, test = images/val, and val = test as in CoOp. ImageNetV2,
   -Sketch, -A, -R are evaluation-only (empty train/val); A and R have 200 classes labelled
   0..199 in sorted-wnid order, mapped to ImageNet's labels by `imagenet_indices`.
@@ -43,13 +44,13 @@ Conventions:
 """
 from .datasets import DatasetReader, build_dataset, detect_dataset
 from .fewshot import fewshot, load_fewshot, save_fewshot, subsample_classes
-from .loader import ImageDataset, ShardSampler, build_loader
+from .loader import (EvalBatches, ImageDataset, SeededImages, TrainBatches, batches, check_images,
+                     eval_loader, train_loader)
 from .splits import SPLITS_DIR, DatasetError, DatasetSplits, Datum
 from .transforms import CLIP_MEAN, CLIP_STD, build_transform, load_image
 
 __all__ = ["Datum", "DatasetSplits", "DatasetError", "DatasetReader", "SPLITS_DIR",
            "build_dataset", "detect_dataset", "fewshot", "save_fewshot", "load_fewshot",
            "subsample_classes", "build_transform", "load_image", "CLIP_MEAN", "CLIP_STD",
-           "ImageDataset", "ShardSampler", "build_loader"]
-
-from ..miniworld import data as _miniworld  # noqa: E402,F401  (registers the miniworld_* datasets)
+           "ImageDataset", "SeededImages", "TrainBatches", "EvalBatches", "train_loader",
+           "eval_loader", "batches", "check_images"]

@@ -40,6 +40,7 @@ class DatasetReader:
     template = PHOTO                 # CoOp's zero-shot template (spec §2)
     layout = ""                      # expected layout, quoted in errors
     signatures: Tuple[Tuple[str, ...], ...] = ()   # any group fully present -> recognised
+    fewshot_draw = "per_class"       # the draw data.fewshot_draw=auto picks (dcp/data/fewshot.py)
 
     def __init__(self, name: str):
         self.name = name
@@ -73,6 +74,7 @@ class DatasetReader:
 
 # --------------------------------------------------------------------------- split-file datasets
 class SplitFileDataset(DatasetReader):
+    fewshot_draw = "dassl"          # a benchmark: draw as the released code does
     """A dataset defined by a CoOp split file with paths relative to `images`."""
     images = "images"                # image folder inside the dataset folder ("" = itself)
     split_name = ""                  # split_zhou_<split_name>.json
@@ -208,6 +210,7 @@ class UCF101(SplitFileDataset):
 class FGVCAircraft(DatasetReader):
     """`images_variant_<split>.txt` lines are `<image id> <variant name>`; images `images/<id>.jpg`;
     label = line index of the variant in `variants.txt`."""
+    fewshot_draw = "dassl"
     folder = "fgvc_aircraft"
     template = "a photo of a {}, a type of aircraft."
     signatures = (("variants.txt",), ("images_variant_train.txt",))
@@ -335,6 +338,7 @@ class ImageNetFamily(DatasetReader):
 class ImageNet(ImageNetFamily):
     """train = `images/train`, test = `images/val` (ImageNet's validation set is the test set of
     this protocol); `val` is the test set too, as in CoOp (no model selection: spec §5)."""
+    fewshot_draw = "dassl"
     folder = "imagenet"
     signatures = (("images/train", "classnames.txt"), ("images/train", "images/val"))
     layout = ("  imagenet/\n    images/train/<wnid>/*.JPEG  (1000 folders like n01440764)\n"
@@ -600,6 +604,7 @@ def build_dataset(name: str, root: str, *, split_file: str = "",
         raise DatasetError(f"{name}: data root not found: {path}. Expected layout:\n{reader.layout}")
     splits = reader.read(reader.locate(path, split_file), split_file)
     splits.fewshot_cache = fewshot_cache
+    splits.fewshot_draw = reader.fewshot_draw
     log.info("%s: %d classes, %d train / %d val / %d test images from %s", name,
              splits.num_classes, len(splits.train), len(splits.val), len(splits.test),
              splits.dataset_dir)

@@ -1,10 +1,19 @@
-"""Few-shot draws and the base/novel class split (spec §5).
+"""Few-shot draws and the base/novel class split (docs/methods.md, "Few-shot draws").
 
-Draw: per class, the class's images sorted by path are shuffled by its own generator
-`random.Random(f"dcp-fewshot:{seed}:{split}:{classname}")` and the first K are taken. So a draw
-depends only on (images, seed, K): not on call order, global RNG state, data-loader workers or
-labels (drawing before or after base/novel subsampling gives the same files), and a K-shot
-draw contains every smaller-K draw of the same seed. Validation takes min(K, 4) per class.
+Two draws of K train and min(K, 4) val images per class, chosen by `mode`:
+
+- `dassl` (the benchmarks' default): what the released code draws for the same seed and split
+  file. Dassl seeds Python's `random` with the run's seed and, before anything else consumes
+  it, calls `random.sample(items, K)` per class, classes in order of first appearance in the
+  split's list and items in list order, first for train and then (same generator) for val with
+  min(K, 4); a class with fewer than K val images keeps them all. The draw is made on all
+  classes, before any base/novel subsampling.
+- `per_class`: per class, the class's images sorted by path are shuffled by their own generator
+  `random.Random(f"dcp-fewshot:{seed}:{split}:{classname}")` and the first K are taken. So a draw
+  depends only on (images, seed, K): not on list order or labels (drawing before or after
+  base/novel subsampling gives the same files), and a K-shot draw contains every smaller K.
+
+A class with fewer than K training images is an error in both modes, naming the class.
 
 When the dataset folder holds the draw cached by the released code
 (`split_fewshot/shot_K-seed_S.pkl`, Dassl `Datum` objects), it is used instead: read with a
@@ -13,7 +22,8 @@ record and refuses everything else; its absolute paths are placed in the user's 
 their path relative to the image folder (the longest path suffix that the split lists).
 
 With `run_dir`, the draw is recorded as `run_dir/fewshot.json` (readable JSON, paths
-relative to the image folder); a run folder that already holds one repeats that draw.
+relative to the image folder, the mode); a run folder that already holds one repeats that
+draw, refusing paths that leave the image folder.
 """
 from __future__ import annotations
 
@@ -128,56 +138,106 @@ def _from_cache(splits: DatasetSplits, shots: int, seed: int):
 
 
 # --------------------------------------------------------------------------- drawing
-def draw_per_class(data: Sequence[Datum], k: int, seed: int, split: str, name: str) -> List[Datum]:
-    """K items per class (all of a smaller class, with a warning); see the module docstring."""
+MODES = ("dassl", "per_class")
+
+
+def _by_class(data: Sequence[Datum]) -> Dict[int, List[Datum]]:
+    """Items per label, labels in order of first appearance, items in list order."""
     by_class: Dict[int, List[Datum]] = defaultdict(list)
     for d in data:
         by_class[d.label].append(d)
+    return by_class
+
+
+def _too_few(name: str, split: str, items: List[Datum], k: int) -> DatasetError:
+    return DatasetError(f"{name}: class {items[0].classname!r} has only {len(items)} {split} "
+                        f"image(s), fewer than shots={k}: choose data.shots <= {len(items)} or "
+                        "fix the split")
+
+
+def draw_dassl(data: Sequence[Datum], k: int, rng: random.Random, split: str,
+               name: str) -> List[Datum]:
+    """Dassl's `generate_fewshot_dataset` draw of `k` per class from `rng` (see the module
+    docstring); a train class smaller than `k` is an error, a val class is taken whole."""
     out: List[Datum] = []
-    for label in sorted(by_class):
-        items = sorted(by_class[label], key=lambda d: d.path)
-        cname = items[0].classname
-        random.Random(f"dcp-fewshot:{seed}:{split}:{cname}").shuffle(items)
-        if len(items) < k:
-            log.warning("%s: class %r has only %d %s image(s), fewer than %d: using all of them",
-                        name, cname, len(items), split, k)
+    for items in _by_class(data).values():
+        if len(items) >= k:
+            out += rng.sample(items, k)
+        elif split == "train":
+            raise _too_few(name, split, items, k)
+        else:
+            out += items
+    return out
+
+
+def draw_per_class(data: Sequence[Datum], k: int, seed: int, split: str, name: str) -> List[Datum]:
+    """K items per class by the per-class generators of the module docstring."""
+    out: List[Datum] = []
+    for label, items in sorted(_by_class(data).items()):
+        items = sorted(items, key=lambda d: d.path)
+        random.Random(f"dcp-fewshot:{seed}:{split}:{items[0].classname}").shuffle(items)
+        if len(items) < k and split == "train":
+            raise _too_few(name, split, items, k)
         out += items[:k]
     return out
 
 
-def fewshot(splits: DatasetSplits, shots: int, seed: int,
-            run_dir: Optional[str] = None) -> DatasetSplits:
-    """A copy of `splits` with K=`shots` train images and min(K, 4) val images per class.
+def _draw(splits: DatasetSplits, target: DatasetSplits, shots: int, seed: int, mode: str):
+    """{"train": [...], "val": [...]} of `target` (= `splits` subsampled)."""
+    if mode == "per_class":
+        return {split: draw_per_class(getattr(target, split), k, seed, split, splits.name)
+                for split, k in (("train", shots), ("val", min(shots, 4)))}
+    rng = random.Random(seed)            # = random.seed(seed) in Dassl's train.py
+    drawn = {split: draw_dassl(getattr(splits, split), k, rng, split, splits.name)
+             for split, k in (("train", shots), ("val", min(shots, 4)))}
+    drawn = subsample_classes(dataclasses.replace(splits, **drawn), target.subsample)
+    return {"train": drawn.train, "val": drawn.val}
 
-    `shots <= 0` returns `splits` unchanged (all images). See the module docstring for the draw,
-    the released-code cache and the record in `run_dir`.
+
+def fewshot(splits: DatasetSplits, shots: int, seed: int, run_dir: Optional[str] = None,
+            mode: str = "per_class", subsample: str = "all") -> DatasetSplits:
+    """`splits` with K=`shots` train and min(K, 4) val images per class, then the `subsample`
+    classes (all | base | new) kept.
+
+    `shots <= 0` keeps every image. `mode`: dassl | per_class (module docstring); `dassl`
+    needs `splits` with all classes (it draws before subsampling, as Dassl does). See the
+    module docstring for the released-code cache and the record in `run_dir`.
     """
+    if mode not in MODES:
+        raise DatasetError(f"few-shot draw must be one of {', '.join(MODES)}, got {mode!r}")
+    target = subsample_classes(splits, subsample)
     if shots <= 0:
         log.info("%s: shots=%d: using every training image", splits.name, shots)
-        return splits
+        return target
     if not splits.train:
         raise DatasetError(f"{splits.name} has no training images (an evaluation-only dataset): "
                            "few-shot training needs a dataset with a train split")
+    if mode == "dassl" and splits.subsample != "all":
+        raise DatasetError(f"the dassl draw is made on all classes of {splits.name}: pass the "
+                           f"full splits and subsample={splits.subsample!r}")
     record = Path(run_dir) / RECORD_NAME if run_dir else None
     if record is not None and record.is_file():
         rec = load_fewshot(record, image_dir=splits.image_dir)
-        want = {"dataset": splits.name, "shots": shots, "seed": seed, "subsample": splits.subsample}
-        got = {k: rec[k] for k in want}
-        if got != want or rec["classnames"] != splits.classnames:
+        want = {"dataset": splits.name, "shots": shots, "seed": seed,
+                "subsample": target.subsample, "mode": mode}
+        got = {k: rec.get(k, "per_class" if k == "mode" else None) for k in want}
+        if got != want or rec["classnames"] != target.classnames:
             raise DatasetError(f"{record} records the draw of {got} with {len(rec['classnames'])} "
-                               f"classes, this run asks for {want} with {splits.num_classes}: use "
-                               "another run folder")
+                               f"classes, this run asks for {want} with {target.num_classes}: "
+                               "use another run folder")
         log.info("%s: repeating the few-shot draw recorded in %s", splits.name, record)
         draw = {"train": rec["train"], "val": rec["val"]}
         source = f"record {record}"
     else:
-        draw, pkl = _from_cache(splits, shots, seed)
+        draw, pkl = _from_cache(target, shots, seed)
         source = f"released-code cache {pkl}" if pkl else "drawn"
-        for split, k in (("train", shots), ("val", min(shots, 4))):
-            if split not in draw:
-                draw[split] = draw_per_class(getattr(splits, split), k, seed, split, splits.name)
-    out = dataclasses.replace(splits, train=draw["train"], val=draw["val"],
-                              fewshot_info={"shots": shots, "seed": seed, "source": source,
+        if "train" not in draw:
+            draw = _draw(splits, target, shots, seed, mode)
+        elif "val" not in draw:           # ImageNet's cache holds train only
+            draw["val"] = draw_per_class(target.val, min(shots, 4), seed, "val", splits.name)
+    out = dataclasses.replace(target, train=draw["train"], val=draw["val"],
+                              fewshot_info={"shots": shots, "seed": seed, "mode": mode,
+                                            "source": source,
                                             "record": str(record) if record else None})
     if record is not None and not record.is_file():
         save_fewshot(out, record)
@@ -188,7 +248,8 @@ def save_fewshot(draw: DatasetSplits, path) -> None:
     """Write a few-shot `DatasetSplits` (from `fewshot`) as readable JSON, atomically."""
     info = draw.fewshot_info or {}
     doc = {"format": FORMAT, "dataset": draw.name, "shots": info.get("shots"),
-           "seed": info.get("seed"), "source": info.get("source"), "subsample": draw.subsample,
+           "seed": info.get("seed"), "mode": info.get("mode"), "source": info.get("source"),
+           "subsample": draw.subsample,
            "image_dir": draw.image_dir, "classnames": draw.classnames}
     lists = {s: to_entries(getattr(draw, s), draw.image_dir) for s in ("train", "val")}
     atomic_write_text(path, json_rows_text(doc, lists))
@@ -211,15 +272,21 @@ def load_fewshot(path, image_dir: Optional[str] = None) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or any(k not in doc for k in need):
         raise DatasetError(f"{path}: not a few-shot record ({FORMAT}) with keys {', '.join(need)}")
     base = image_dir or doc["image_dir"]
-    n = len(doc["classnames"])
+    if not (isinstance(base, str) and isinstance(doc["classnames"], list)):
+        raise DatasetError(f"{path}: image_dir must be a path and classnames a list")
+    n, inside = len(doc["classnames"]), os.path.realpath(base)
     for split in ("train", "val"):
         items = []
-        for i, e in enumerate(doc[split]):
-            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[1], int)
-                    and 0 <= e[1] < n and doc["classnames"][e[1]] == e[2]):
+        for i, e in enumerate(doc[split] if isinstance(doc[split], list) else [doc[split]]):
+            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
+                    and isinstance(e[1], int) and 0 <= e[1] < n and doc["classnames"][e[1]] == e[2]):
                 raise DatasetError(f"{path}, {split}[{i}]: expected [path, label in 0..{n - 1}, "
-                                   f"its class name], got {e!r}")
-            items.append(Datum(os.path.join(base, e[0]), e[1], e[2]))
+                                   f"its class name], got {str(e)[:200]}")
+            full = os.path.join(base, e[0])
+            if os.path.commonpath([inside, os.path.realpath(full)]) != inside:
+                raise DatasetError(f"{path}, {split}[{i}]: {e[0][:200]!r} is outside the image "
+                                   f"folder {base}; refusing a record that points elsewhere")
+            items.append(Datum(full, e[1], e[2]))
         doc[split] = items
     check_files_exist((d.path for s in ("train", "val") for d in doc[s]), f"few-shot record {path}",
                       f"paths relative to {base}")

@@ -1,20 +1,33 @@
-"""Image dataset and loaders: items `(image (3, S, S) float, label int, index int)`.
+"""The one data-loading path, for training and evaluation: items `(image (3, S, S), label,
+index into the list)`, decoded and augmented in `num_workers` worker processes.
 
-`index` is the position in the list given to the loader, so the engine can map a prediction
-back to its `Datum`. A file that cannot be decoded raises a `DatasetError` naming it
-(`on_bad_image="fail"`, default) or, with `on_bad_image="skip"`, is logged and dropped from its
-batch; the loader logs how many were skipped at the end of each pass (`loader.skipped`).
+    train = train_loader(data, transform, batch_size=4, seed=s, num_workers=2)
+    train.batch_sampler.set_epoch(epoch_seed)          # before each epoch
+    for images, labels, idx in batches(train, on_bad_image): ...
+    for images, labels, idx in batches(eval_loader(data, transform, 16), on_bad_image): ...
+
+Reproducibility: an epoch's shuffle is a function of its seed (`TrainBatches`) and an image's
+crop and flip of (epoch seed, index) (`SeededImages`), so a resumed epoch replays exactly,
+whatever the number of workers or processes. Under DDP each process takes its slice of the
+same global batches (training) or every W-th batch of the single-process batches
+(evaluation: each image once, in the batch one process would put it in, which matters for
+batch-dependent methods such as DCP `released`).
+
+A file that cannot be decoded is reported by the main process: `batches` raises one
+`DatasetError` naming it (`on_bad_image="fail"`) or logs and drops it (`"skip"`);
+`check_images` reads every header before a run starts.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator, Optional, Sequence, Union
+import math
+from typing import Callable, Iterator, List, NamedTuple, Sequence, Tuple
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torch.utils.data.dataloader import default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from ..utils import Progress, mix_seed
 from .splits import DatasetError, Datum
 from .transforms import load_image
 
@@ -23,15 +36,17 @@ log = logging.getLogger(__name__)
 BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-class ImageDataset(Dataset):
-    """Decode and transform `data[i]`; returns (image, label, i), or None for a skipped bad file."""
+class BadImage(NamedTuple):
+    index: int
+    path: str
+    reason: str
 
-    def __init__(self, data: Sequence[Datum], transform: Callable, on_bad_image: str = "fail"):
-        if on_bad_image not in ("fail", "skip"):
-            raise DatasetError(f"on_bad_image must be 'fail' or 'skip', got {on_bad_image!r}")
-        self.data = list(data)
-        self.transform = transform
-        self.on_bad_image = on_bad_image
+
+class ImageDataset(Dataset):
+    """`data[i]` decoded and transformed: (image, label, i), or a `BadImage` record."""
+
+    def __init__(self, data: Sequence[Datum], transform: Callable, exif_transpose: bool = False):
+        self.data, self.transform, self.exif_transpose = list(data), transform, exif_transpose
 
     def __len__(self) -> int:
         return len(self.data)
@@ -39,87 +54,140 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         d = self.data[i]
         try:
-            image = load_image(d.path)
+            image = load_image(d.path, exif_transpose=self.exif_transpose)
         except BAD_IMAGE_ERRORS as e:
-            if self.on_bad_image == "fail":
-                raise DatasetError(f"cannot decode image {d.path}: {e}") from e
-            log.warning("skipping image that cannot be decoded: %s (%s)", d.path, e)
-            return None
+            return BadImage(i, d.path, f"{type(e).__name__}: {str(e)[:200]}")
         return self.transform(image), d.label, i
 
 
-def collate_skip(batch: list):
-    """`default_collate` of the items that are not None; None when none is left."""
-    items = [b for b in batch if b is not None]
-    return default_collate(items) if items else None
+class SeededImages(Dataset):
+    """`base[i]` for a key `(seed, i)`, with the augmentation RNG seeded by (seed, i): the same
+    crop and flip for an image whichever worker or process loads it. The seed comes with the
+    key (from `TrainBatches`), so persistent workers follow the epoch."""
 
-
-class ShardSampler(Sampler[int]):
-    """Evaluation sampler: rank r of W gets indices r, r+W, r+2W, ...: every index exactly once
-    across ranks, no padding duplicates (rank lengths differ by at most one)."""
-
-    def __init__(self, n: int, num_replicas: int, rank: int):
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
-        self.n, self.num_replicas, self.rank = n, num_replicas, rank
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n, self.num_replicas))
+    def __init__(self, base: ImageDataset):
+        self.base = base
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.num_replicas))
+        return len(self.base)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        seed, i = key
+        with torch.random.fork_rng(devices=[]):      # the caller's CPU RNG is left untouched
+            torch.default_generator.manual_seed(mix_seed(seed, i))
+            return self.base[i]
 
 
-class ImageLoader(DataLoader):
-    """A DataLoader that drops the None batches of `on_bad_image="skip"` and counts skipped files."""
-    skipped = 0
+class TrainBatches(Sampler[List[Tuple[int, int]]]):
+    """This process's slice of the shuffled global batches of one epoch.
 
-    def __iter__(self):
-        seen = 0
-        for batch in super().__iter__():
-            if batch is None:
-                continue
-            seen += len(batch[2])
-            yield batch
-        expected = len(self) * self.batch_size if self.drop_last else len(self.sampler)
-        self.skipped = expected - seen
-        if self.skipped:
-            log.warning("skipped %d image(s) that could not be decoded in this pass (named in "
-                        "the warnings above)", self.skipped)
-
-
-def build_loader(data: Union[Sequence[Datum], ImageDataset], transform: Callable, batch_size: int,
-                 shuffle: bool, seed: int, num_workers: int, distributed: bool = False, *,
-                 drop_last: bool = False, on_bad_image: str = "fail",
-                 rank: Optional[int] = None, world_size: Optional[int] = None) -> DataLoader:
-    """A DataLoader of `(images (B,3,S,S), labels (B,), indices (B,))`.
-
-    Shuffling uses a generator seeded with `seed` (which also seeds the workers' RNGs);
-    workers persist across epochs when `num_workers > 0`; memory is pinned when CUDA is
-    available. `distributed=True` (rank / world size from `torch.distributed` unless given):
-    with `shuffle` a `DistributedSampler(seed=seed)` (call `loader.sampler.set_epoch(e)` each
-    epoch; it pads to equal rank lengths), without it a `ShardSampler` that yields every
-    image exactly once across ranks (use it for evaluation).
+    Global batches are `batch_size` consecutive entries of a permutation drawn from `seed`;
+    the last incomplete one is dropped when there is at least one full batch (Dassl). Process
+    r of W takes entries [r*b, (r+1)*b) of each, b = batch_size / W. Entries are keys
+    `(seed, index)` for `SeededImages`; `set_epoch(seed)` before each epoch.
     """
-    dataset = data if isinstance(data, ImageDataset) else ImageDataset(data, transform, on_bad_image)
-    if len(dataset) == 0:
-        raise DatasetError("build_loader: no images to load (an empty split, e.g. the train/val "
-                           "split of an evaluation-only dataset)")
-    sampler: Optional[Sampler] = None
-    if distributed:
-        if world_size is None or rank is None:
-            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-                raise DatasetError("build_loader(distributed=True) needs an initialised process "
-                                   "group or explicit rank and world_size")
-            world_size = torch.distributed.get_world_size()
-            rank = torch.distributed.get_rank()
-        if shuffle:
-            sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                         seed=seed, drop_last=drop_last)
-        else:
-            sampler = ShardSampler(len(dataset), world_size, rank)
-    return ImageLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=num_workers, collate_fn=collate_skip if dataset.on_bad_image == "skip" else None,
-        pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-        persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if batch_size % world or (world > 1 and n < batch_size):
+            raise ValueError(f"{n} images in global batches of {batch_size} cannot be split "
+                             f"over {world} processes")
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+
+    def __len__(self) -> int:
+        return max(self.n // self.batch_size, 1)
+
+    def set_epoch(self, seed: int) -> None:
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        b = self.batch_size // self.world
+        for k in range(len(self)):
+            batch = perm[k * self.batch_size:(k + 1) * self.batch_size]
+            batch = batch[self.rank * b:(self.rank + 1) * b] if self.world > 1 else batch
+            yield [(self.seed, i) for i in batch]
+
+
+class EvalBatches(Sampler[List[int]]):
+    """Consecutive batches in list order; process r evaluates batches r, r+W, r+2W, ..."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+
+    def _batches(self) -> range:
+        return range(self.rank, math.ceil(self.n / self.batch_size), self.world)
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for k in self._batches():
+            yield list(range(k * self.batch_size, min((k + 1) * self.batch_size, self.n)))
+
+
+def collate(items: list):
+    """(images, labels, indices, [BadImage...]) of a batch; images etc. None if none decoded."""
+    good = [x for x in items if not isinstance(x, BadImage)]
+    bad = [x for x in items if isinstance(x, BadImage)]
+    return (*(default_collate(good) if good else (None, None, None)), bad)
+
+
+def _loader(dataset: Dataset, batches: Sampler, num_workers: int, seed: int,
+            persistent: bool) -> DataLoader:
+    """Pinned memory on CUDA; the workers' base seed from `seed`, not from the global RNG."""
+    if not len(dataset):
+        raise DatasetError("no images to load (an empty split or few-shot draw)")
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=torch.cuda.is_available(),
+                      persistent_workers=persistent and num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def train_loader(data: Sequence[Datum], transform: Callable, batch_size: int, seed: int,
+                 num_workers: int = 0, rank: int = 0, world: int = 1,
+                 exif_transpose: bool = False) -> DataLoader:
+    """Shuffled, augmented batches; its workers live across epochs (`set_epoch` on its
+    `batch_sampler` moves it to the next epoch)."""
+    images = SeededImages(ImageDataset(data, transform, exif_transpose))
+    return _loader(images, TrainBatches(len(data), batch_size, seed, rank, world), num_workers,
+                   seed, persistent=True)
+
+
+def eval_loader(data: Sequence[Datum], transform: Callable, batch_size: int,
+                num_workers: int = 0, rank: int = 0, world: int = 1,
+                exif_transpose: bool = False) -> DataLoader:
+    """Batches in list order (each image once over the processes)."""
+    return _loader(ImageDataset(data, transform, exif_transpose),
+                   EvalBatches(len(data), batch_size, rank, world), num_workers, 0, persistent=False)
+
+
+def batches(loader: DataLoader, on_bad_image: str = "fail") -> Iterator[tuple]:
+    """The loader's (images, labels, indices), undecodable files failing or skipped."""
+    for images, labels, idx, bad in loader:
+        for b in bad:
+            if on_bad_image == "fail":
+                raise DatasetError(f"cannot decode image {b.path} ({b.reason}); "
+                                   "data.on_bad_image=skip skips such files")
+            log.warning("skipping image that cannot be decoded: %s (%s)", b.path, b.reason)
+        if images is not None:
+            yield images, labels, idx
+
+
+def check_images(data: Sequence[Datum], on_bad_image: str, desc: str) -> List[Datum]:
+    """Read every image's header (not its pixels) before a run uses it: a file that is not an
+    image fails here, naming it, or is dropped with `on_bad_image="skip"`."""
+    keep, bad = [], []
+    for d in Progress(data, desc=f"checking {desc}", unit="img", log_every=30):
+        try:
+            with Image.open(d.path) as im:
+                im.size
+            keep.append(d)
+        except BAD_IMAGE_ERRORS as e:
+            if on_bad_image == "fail":
+                raise DatasetError(f"{desc}: {d.path} is not a readable image ({type(e).__name__}: "
+                                   f"{str(e)[:200]}); data.on_bad_image=skip skips such files") from None
+            bad.append(d)
+    if bad:
+        log.warning("%s: skipping %d file(s) that are not readable images, e.g. %s", desc,
+                    len(bad), bad[0].path)
+    return keep

@@ -2,11 +2,13 @@
 
 A split file (CoOp's format) is JSON `{"train": [[relative_path, label, classname], ...],
 "val": [...], "test": [...]}` with paths relative to the dataset's image folder. Files are
-looked up, in order: an explicit `split_file`, the dataset folder, then `SPLITS_DIR`
-(`data_splits/` of the project) under the published name `split_zhou_<Name>.json`, then a
-locally generated `split_dcp_<Name>.json` (written by `python -m dcp.data.make_split`).
-`data_splits/MANIFEST.json` records the published files' SHA-256; a file that differs is
-logged as a warning and flagged in `DatasetSplits.split_info["matches_published"]`.
+looked up, in order: an explicit `split_file`, the dataset folder, then `SPLITS_DIR` under
+the published name `split_zhou_<Name>.json`, then a locally generated `split_dcp_<Name>.json`
+(written there by `python -m dcp.data.make_split`). `SPLITS_DIR` is `$DCP_SPLITS_DIR`, else
+the `data_splits/` folder of the checkout the package runs from, else `./data_splits`.
+`MANIFEST.json` (shipped inside the package as `dcp/data_splits/`, or the checkout's
+`data_splits/`) records the published files' SHA-256; a file that differs is logged as a
+warning and flagged in `DatasetSplits.split_info["matches_published"]`.
 """
 from __future__ import annotations
 
@@ -18,13 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from dcp.registry import PLUGIN_DIR
 from dcp.utils import sha256_file  # noqa: F401  (re-exported: dcp.data uses it from here)
 
 log = logging.getLogger(__name__)
 
-SPLITS_DIR = PLUGIN_DIR.parent / "data_splits"
-MANIFEST = SPLITS_DIR / "MANIFEST.json"
+_PACKAGE = Path(__file__).resolve().parent.parent              # dcp/
+_CHECKOUT = _PACKAGE.parent / "data_splits"                   # <checkout>/data_splits
+SPLITS_DIR = Path(os.environ.get("DCP_SPLITS_DIR") or
+                  (_CHECKOUT if _CHECKOUT.is_dir() else Path("data_splits")))
+MANIFEST = next((d / "MANIFEST.json" for d in (_PACKAGE / "data_splits", _CHECKOUT)
+                 if (d / "MANIFEST.json").is_file()), _CHECKOUT / "MANIFEST.json")
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"})
 
 
@@ -62,6 +67,7 @@ class DatasetSplits:
     subsample: str = "all"                   # all | base | new
     label_offset: int = 0                    # label in the full class list = label + label_offset
     fewshot_cache: bool = True               # may fewshot() use split_fewshot/*.pkl of the folder
+    fewshot_draw: str = "per_class"          # the draw data.fewshot_draw=auto uses: dassl | per_class
 
     @property
     def num_classes(self) -> int:

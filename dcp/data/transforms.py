@@ -24,15 +24,17 @@ def build_transform(train: bool, size: int = 224,
                       T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
 
 
-def load_image(path: str) -> Image.Image:
-    """Decode `path` as an upright RGB image (EXIF orientation applied; grayscale, CMYK,
-    palette and alpha images converted, alpha dropped as `convert("RGB")` does).
+def load_image(path: str, exif_transpose: bool = False) -> Image.Image:
+    """Decode `path` as RGB the way Dassl does (`Image.open(path).convert("RGB")`: grayscale,
+    CMYK, palette and alpha images converted, alpha dropped). `exif_transpose`: rotate by the
+    EXIF orientation tag first (off by default, as in Dassl and CLIP; `data.exif_transpose`).
 
     Raises OSError / ValueError (and PIL's errors, which derive from them) on undecodable files.
     """
     with Image.open(path) as im:
         im.load()
-        im = ImageOps.exif_transpose(im)
+        if exif_transpose:
+            im = ImageOps.exif_transpose(im)
         if im.mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")      # avoids PIL's palette-transparency warning
+            im = im.convert("RGBA")      # same pixels as convert("RGB"), without PIL's warning
         return im.convert("RGB") if im.mode != "RGB" else im.copy()

@@ -1,4 +1,4 @@
-"""DCP's Cross-Modal Prompt Attention (spec section 3).
+"""DCP's Cross-Modal Prompt Attention (docs/methods.md, "DCP").
 
 Each tower's prompt states attend to themselves with the *other* tower's prompts as queries:
 
@@ -8,14 +8,14 @@ Each tower's prompt states attend to themselves with the *other* tower's prompts
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..clip.model import LayerNorm, QuickGELU
 from ..registry import FUSIONS
-from .base import Fusion
+from .base import StateFusion
 
 
 def _mlp(d: int) -> nn.Sequential:
@@ -50,21 +50,24 @@ class CMPABlock(nn.Module):
         return t + self.mlp_t(self.ln_2_t(t))
 
 
-class _CMPA(Fusion):
-    kind = "states"
+class _CMPA(StateFusion):
+    supports = ("dcp",)
 
-    def __init__(self, dims, opts=None):
-        super().__init__(dims, opts)
+    def __init__(self, dims, *, share: bool):
+        super().__init__(dims)
         self.require_coupled()
-        share = getattr(opts, "share", True)
+        if not (dims.text_params and dims.vision_params):
+            raise ValueError(f"{type(self).__name__} generates prompts from both towers' states: "
+                             "it needs learned shallow prompts in both (text_params >= 1, "
+                             "vision_params >= 1)")
         count = 1 if share else dims.depth - 1
         self.blocks = nn.ModuleList(CMPABlock(dims.dt, dims.dv) for _ in range(count))
 
     def block(self, i: int) -> CMPABlock:
         return self.blocks[0] if len(self.blocks) == 1 else self.blocks[i - 1]
 
-    def _f32(self, x: Optional[Tensor]) -> Optional[Tensor]:
-        return None if x is None else x.to(self.blocks[0].t2v.weight.dtype)
+    def _f32(self, x: Tensor) -> Tensor:
+        return x.to(self.blocks[0].t2v.weight.dtype)
 
 
 @FUSIONS.register("cmpa")
@@ -72,13 +75,13 @@ class CMPA(_CMPA):
     """This project's reading of the paper: mutual, per image, batch-independent.
 
     Each image updates its own visual prompts; the text side is queried by a visual summary
-    v_bar: the batch mean in training, a running mean (momentum 0.1, buffer (P-1, n, Dv))
-    at evaluation; t' is written back into the text tower.
+    v_bar: the batch mean in training, a running mean (buffer (P-1, n, Dv), updated with
+    `momentum`) at evaluation; t' is written back into the text tower.
     """
 
-    def __init__(self, dims, opts=None):
-        super().__init__(dims, opts)
-        self.momentum = getattr(opts, "momentum", 0.1)
+    def __init__(self, dims, *, share: bool, momentum: float):
+        super().__init__(dims, share=share)
+        self.momentum = momentum
         self.register_buffer("running_v", torch.zeros(dims.depth - 1, dims.n_vision, dims.dv))
 
     def summary(self, i: int, v: Optional[Tensor]) -> Tensor:
@@ -92,12 +95,11 @@ class CMPA(_CMPA):
             return v_bar[None]
         return self.running_v[i - 1][None]
 
-    def forward(self, i: int, v: Optional[Tensor], t: Tensor) -> Tuple[Optional[Tensor], Tensor]:
-        v, t = self._f32(v), self._f32(t)
-        blk = self.block(i)
-        t_new = blk.text(t, self.summary(i, v))
-        v_new = blk.vision(v, t) if v is not None else None
-        return v_new, t_new
+    def text(self, i: int, t: Tensor, v: Optional[Tensor]) -> Tensor:
+        return self.block(i).text(self._f32(t), self.summary(i, None if v is None else self._f32(v)))
+
+    def vision(self, i: int, v: Tensor, t: Tensor) -> Tensor:
+        return self.block(i).vision(self._f32(v), self._f32(t))
 
 
 @FUSIONS.register("cmpa_released")
@@ -105,10 +107,11 @@ class CMPAReleased(_CMPA):
     """The released code: visual states pooled over the batch (`fusing` mean/max/first) and
     the one result broadcast to every image; the fused text is never written back (so the
     text half is never computed here: it could not change any output)."""
+    batch_dependent = True          # an image's prediction depends on its test batch
 
-    def __init__(self, dims, opts=None):
-        super().__init__(dims, opts)
-        self.fusing = getattr(opts, "fusing", "mean")
+    def __init__(self, dims, *, share: bool, fusing: str):
+        super().__init__(dims, share=share)
+        self.fusing = fusing
 
     def pool(self, x: Tensor) -> Tensor:
         """(N, n, D) -> (n, D) over the batch (or class) dimension."""
@@ -118,9 +121,9 @@ class CMPAReleased(_CMPA):
             return x.max(dim=0).values
         return x[0]
 
-    def forward(self, i: int, v: Optional[Tensor], t: Tensor) -> Tuple[Optional[Tensor], None]:
-        if v is None:
-            return None, None
+    def text(self, i: int, t: Tensor, v: Optional[Tensor]) -> None:
+        return None
+
+    def vision(self, i: int, v: Tensor, t: Tensor) -> Tensor:
         v, t = self._f32(v), self._f32(t)
-        v_new = self.block(i).vision(self.pool(v)[None], self.pool(t)[None])[0]   # (n, Dv)
-        return v_new, None
+        return self.block(i).vision(self.pool(v)[None], self.pool(t)[None])[0]   # (n, Dv)

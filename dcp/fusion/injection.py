@@ -1,4 +1,4 @@
-"""MuDPT's Injection Model (spec section 4): fuses the deep prompts of both towers."""
+"""MuDPT's Injection Model (docs/methods.md, "MuDPT"): fuses the deep prompts of both towers."""
 from __future__ import annotations
 
 from typing import Tuple
@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from ..registry import FUSIONS
-from .base import Fusion, Prompts
+from .base import PromptFusion, Prompts
 
 
 @FUSIONS.register("injection")
-class InjectionModel(Fusion):
+class InjectionModel(PromptFusion):
     """The paper's modality-agnostic transformer, shared by all depths (this project's reading).
 
     Per depth i >= 1: s = [T_i ; W_in V_i] + modality embedding (2n, Dt) -> one post-norm
@@ -19,9 +19,10 @@ class InjectionModel(Fusion):
     W_vt give V'_i (n, Dt). Text block i receives T_i + V'_i, vision block i V_i + T'_i.
     Block 0 is not fused.
     """
+    supports = ("mudpt",)
 
-    def __init__(self, dims, opts=None):
-        super().__init__(dims, opts)
+    def __init__(self, dims):
+        super().__init__(dims)
         self.require_coupled()
         dt, dv = dims.dt, dims.dv
         self.w_in = nn.Linear(dv, dt)
@@ -43,15 +44,16 @@ class InjectionModel(Fusion):
 
 
 @FUSIONS.register("linear_injection")
-class LinearInjection(Fusion):
+class LinearInjection(PromptFusion):
     """The released code's injection: three Linears shared across depths.
 
     Block 0: V0 + W_e T0. Block i >= 1: text T_i + W_vt V_i, vision V_i + W_tv T_i.
     W_vt outputs the joint width E, so this needs E == Dt.
     """
+    supports = ("mudpt",)
 
-    def __init__(self, dims, opts=None):
-        super().__init__(dims, opts)
+    def __init__(self, dims):
+        super().__init__(dims)
         self.require_coupled()
         if dims.e != dims.dt:
             raise ValueError(f"MuDPT 'released' maps visual prompts to the joint width E={dims.e}, "

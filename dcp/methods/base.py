@@ -2,6 +2,11 @@
 
     model = build_method(cfg.method, clip, classnames, template="a photo of a {}.")
     logits = model(images)                    # (B, C); train mode: everything recomputed
+
+Switches are constructor options, fixed for the model's life: `speedups=False` runs the
+reference path (77-token text, nothing cached: the released code's computation, slower, the
+same logits), `checkpointing=True` recomputes block activations in the backward pass (the
+same gradients, far less memory), `text_chunk` classes go through the text tower at a time.
     model.eval()
     with torch.no_grad():
         cache = model.precompute()            # all that does not depend on the image
@@ -17,7 +22,7 @@ from torch import Tensor, nn
 
 from ..clip.model import CLIP
 from ..config import MethodOptions
-from ..prompting import ClassTexts
+from ..prompting import ClassTexts, duplicate_classnames, prompt_classname
 from ..registry import METHODS
 
 
@@ -27,15 +32,21 @@ class PromptModel(nn.Module):
     Options = MethodOptions
 
     def __init__(self, clip: CLIP, classnames: Sequence[str], opts: MethodOptions,
-                 template: str = "a photo of a {}."):
+                 template: str = "a photo of a {}.", *, speedups: bool = True,
+                 checkpointing: bool = False, text_chunk: int = 512):
         super().__init__()
+        duplicates = duplicate_classnames(classnames)
+        if duplicates:
+            raise ValueError("class names that are equal in a prompt (case, '_' and spaces "
+                             "ignored) could never be told apart: "
+                             + "; ".join(" = ".join(map(repr, d)) for d in duplicates[:5]))
         self.clip = clip.requires_grad_(False).eval()
         self.opts = opts
-        self.classnames = [c.replace("_", " ") for c in classnames]
+        self.classnames = [prompt_classname(c) for c in classnames]
         self.template = template
-        self.speedups = True      # cut text to the longest EOS; callers may cache `precompute()`
-        self.text_chunk = 512     # classes per text-tower call
-        self.grad_checkpoint = False  # recompute block activations in backward (less memory)
+        self.speedups = speedups          # cut text to the longest EOS (see the module docstring)
+        self.checkpointing = checkpointing
+        self.text_chunk = text_chunk      # classes per text-tower call
 
     def set_class_texts(self, texts: ClassTexts) -> None:
         """Keep the tokenised class prompts as (non-saved) buffers so they follow `.to()`."""
@@ -110,9 +121,10 @@ class PromptModel(nn.Module):
 
 
 def build_method(opts: MethodOptions, clip: CLIP, classnames: Sequence[str],
-                 template: str = "a photo of a {}.") -> PromptModel:
-    """Instantiate the method registered under `opts.name`."""
+                 template: str = "a photo of a {}.", **switches) -> PromptModel:
+    """Instantiate the method registered under `opts.name`; `switches`: speedups,
+    checkpointing, text_chunk (see the module docstring)."""
     cls = METHODS.get(opts.name)
     if not isinstance(opts, cls.Options):
         raise TypeError(f"method {opts.name!r} expects {cls.Options.__name__}, got {type(opts).__name__}")
-    return cls(clip, classnames, opts, template=template)
+    return cls(clip, classnames, opts, template=template, **switches)

@@ -1,4 +1,4 @@
-"""Zero-shot CLIP, CoOp and CoCoOp: prompts in the text input only (spec section 2)."""
+"""Zero-shot CLIP, CoOp and CoCoOp: prompts in the text input only (docs/methods.md)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import MethodOptions
-from ..prompting import class_texts, encode_texts, init_embeddings, prompt_prefix, static_step
+from ..prompting import (class_texts, encode_texts, init_embeddings, init_words, prompt_prefix,
+                         static_step)
 from ..registry import METHODS
 from .base import PromptModel
 
@@ -19,14 +20,19 @@ class ZeroShotOptions(MethodOptions):
     name: str = "zeroshot"
     template: str = ""            # "" = the dataset's CoOp template, e.g. "a photo of a {}."
 
+    def validate(self):
+        if self.template and self.template.count("{}") != 1:
+            raise ValueError(f"template must hold one {{}} where the class name goes, got "
+                             f"{self.template[:80]!r}")
+
 
 @METHODS.register("zeroshot")
 class ZeroShot(PromptModel):
     """CLIP with one hand-written template per dataset; nothing is learned."""
     Options = ZeroShotOptions
 
-    def __init__(self, clip, classnames, opts: ZeroShotOptions, template="a photo of a {}."):
-        super().__init__(clip, classnames, opts, template)
+    def __init__(self, clip, classnames, opts: ZeroShotOptions, template="a photo of a {}.", **switches):
+        super().__init__(clip, classnames, opts, template, **switches)
         self.set_class_texts(class_texts(self.classnames, opts.template or template))
 
     def precompute(self) -> Dict[str, Tensor]:
@@ -62,9 +68,9 @@ class CoOp(PromptModel):
     """
     Options = CoOpOptions
 
-    def __init__(self, clip, classnames, opts: CoOpOptions, template="a photo of a {}."):
-        super().__init__(clip, classnames, opts, template)
-        n = len(opts.init.split()) if opts.init else opts.n_ctx
+    def __init__(self, clip, classnames, opts: CoOpOptions, template="a photo of a {}.", **switches):
+        super().__init__(clip, classnames, opts, template, **switches)
+        n = len(init_words(opts.init)) or opts.n_ctx
         prefix, use_init = prompt_prefix(n, opts.init)
         self.set_class_texts(class_texts(self.classnames, prefix + " {}.", n))
         C, dt = len(self.classnames), self.dims["dt"]
@@ -99,7 +105,7 @@ class CoOp(PromptModel):
 
     def precompute(self) -> Dict[str, Tensor]:
         return {"text": encode_texts(self.clip, self.texts, cut=self.speedups, chunk=self.text_chunk,
-                                     embeds=self.embeddings(), checkpoint=self.grad_checkpoint)}
+                                     embeds=self.embeddings(), checkpoint=self.checkpointing)}
 
     def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
         cache = cache or self.precompute()
@@ -122,9 +128,9 @@ class CoCoOp(PromptModel):
     """
     Options = CoCoOpOptions
 
-    def __init__(self, clip, classnames, opts: CoCoOpOptions, template="a photo of a {}."):
-        super().__init__(clip, classnames, opts, template)
-        n = len(opts.init.split()) if opts.init else opts.n_ctx
+    def __init__(self, clip, classnames, opts: CoCoOpOptions, template="a photo of a {}.", **switches):
+        super().__init__(clip, classnames, opts, template, **switches)
+        n = len(init_words(opts.init)) or opts.n_ctx
         prefix, use_init = prompt_prefix(n, opts.init)
         self.set_class_texts(class_texts(self.classnames, prefix + " {}.", n))
         d = self.dims
@@ -142,6 +148,6 @@ class CoCoOp(PromptModel):
         ctx = self.ctx + shift[:, None]                                      # (B, n, Dt)
         f_txt = torch.stack([
             encode_texts(self.clip, self.texts, static_step(text=[c]), depth=1, cut=self.speedups,
-                         chunk=self.text_chunk, checkpoint=self.grad_checkpoint)
+                         chunk=self.text_chunk, checkpoint=self.checkpointing)
             for c in ctx])                                                   # (B, C, E)
         return self.logits(f_img, f_txt)

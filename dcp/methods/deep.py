@@ -1,12 +1,12 @@
 """Deep prompts in one or both towers, exchanged by a registered fusion module.
 
 One learner serves VPT, IVLP, MaPLe, MuDPT and DCP (and any plugin fusion): they differ only
-in which prompts own parameters and which fusion module couples them (spec sections 2-4).
+in which prompts own parameters and which fusion module couples them (docs/methods.md).
 
     learned: text   ctx (n, Dt) for block 0, text_deep (text_params-1, n, Dt)
              vision vision_ctx (n_v, Dv),    vision_deep (vision_params-1, n_v, Dv)
-    fusion "params" kind: per-block prompt lists -> per-block prompt lists (once per forward)
-    fusion "states" kind: called before each block i >= 1 on the running prompt states
+    fusion:  a PromptFusion maps these per-block lists once per forward (once per evaluation);
+             a StateFusion is asked before each block i >= 1 (the contract: dcp/fusion/base.py)
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from ..config import MethodOptions
-from ..fusion import Dims
+from ..fusion import Dims, StateFusion, build_fusion, fusion_options
 from ..prompting import (class_texts, encode_texts, init_embeddings, prompt_prefix, run_towers,
                          static_step)
-from ..registry import FUSIONS, METHODS
+from ..registry import METHODS
 from .base import PromptModel
 
 
@@ -37,14 +37,23 @@ class DeepOptions(MethodOptions):
     init: str = "a photo of a"      # init words for the text slots (n_ctx <= max_init_words)
     max_init_words: int = 4
     fusion: str = "none"            # registered fusion module
-    fusion_args: Dict[str, Any] = field(default_factory=dict)   # keywords for a plugin fusion
+    fusion_args: Dict[str, Any] = field(default_factory=dict)   # options of a plugin fusion
 
     def validate(self):
         if self.variant not in ("paper", "released"):
             raise ValueError(f"variant must be 'paper' or 'released', not {self.variant!r}")
         for k in ("n_ctx", "n_ctx_vision", "depth"):
             if getattr(self, k) < 0:
-                raise ValueError(f"{k} must be >= 0")
+                raise ValueError(f"{k}={getattr(self, k)}: must be >= 0")
+        prompted = self.n_ctx > 0 or self.n_ctx_vision > 0
+        if prompted and self.depth < 1:
+            raise ValueError(f"depth={self.depth}: must be >= 1 (block 0 carries the prompts)")
+        if self.n_ctx_vision > 0 and self.depth_vision == 0:
+            raise ValueError("depth_vision=0: must be >= 1 (or -1 = depth) with vision prompts")
+        try:
+            fusion_options(self.fusion_name(), self)  # registered, supports this method, options
+        except KeyError as e:
+            raise ValueError(f"fusion: {e.args[0]}") from None
 
     def fusion_name(self) -> str:
         return self.fusion
@@ -59,8 +68,8 @@ class DeepOptions(MethodOptions):
 class DeepPrompts(PromptModel):
     Options = DeepOptions
 
-    def __init__(self, clip, classnames, opts: DeepOptions, template="a photo of a {}."):
-        super().__init__(clip, classnames, opts, template)
+    def __init__(self, clip, classnames, opts: DeepOptions, template="a photo of a {}.", **switches):
+        super().__init__(clip, classnames, opts, template, **switches)
         d = self.dims
         if not d["dv"] and opts.n_ctx_vision:
             raise ValueError(f"method {opts.name!r} puts prompts into a vision transformer; "
@@ -68,9 +77,10 @@ class DeepPrompts(PromptModel):
         n, nv = opts.n_ctx, opts.n_ctx_vision
         depth = opts.depth if n else 0
         depth_v = (opts.depth if opts.depth_vision < 0 else opts.depth_vision) if nv else 0
-        self._check_depth(depth, len(clip.transformer.resblocks), "depth")
+        _check_depth(depth, len(clip.transformer.resblocks), "text", "depth")
         if nv:
-            self._check_depth(depth_v, len(clip.visual.transformer.resblocks), "depth_vision")
+            _check_depth(depth_v, len(clip.visual.transformer.resblocks), "vision",
+                         "depth" if opts.depth_vision < 0 else "depth_vision")
         self.depth, self.depth_vision = depth, depth_v
         self._fixed_text = None
 
@@ -88,17 +98,9 @@ class DeepPrompts(PromptModel):
             self.vision_ctx = nn.Parameter(torch.randn(nv, d["dv"]) * 0.02)
         if self.vision_params > 1:
             self.vision_deep = nn.Parameter(torch.randn(vp - 1, nv, d["dv"]) * 0.02)
-        dims = Dims(d["dt"], d["dv"], d["e"], n, nv, depth, depth_v)
-        self.fusion = FUSIONS.get(opts.fusion_name())(dims, opts, **opts.fusion_args)
-        if self.coupled and not (self.text_params and self.vision_params):
-            raise ValueError(f"fusion {opts.fusion_name()!r} generates prompts from both towers' "
-                             "states: it needs learned shallow prompts in both (text_params >= 1, "
-                             "vision_params >= 1, n_ctx and n_ctx_vision >= 1)")
-
-    @staticmethod
-    def _check_depth(depth: int, blocks: int, key: str) -> None:
-        if depth > blocks:
-            raise ValueError(f"{key}={depth} but this CLIP tower has only {blocks} blocks")
+        dims = Dims(d["dt"], d["dv"], d["e"], n, nv, depth, depth_v, self.text_params,
+                    self.vision_params)
+        self.fusion = build_fusion(opts.fusion_name(), dims, opts)
 
     def banks(self) -> Tuple[List[Optional[Tensor]], List[Optional[Tensor]]]:
         """The learned prompts per block: vision list (depth_vision), text list (depth)."""
@@ -110,20 +112,19 @@ class DeepPrompts(PromptModel):
 
     @property
     def coupled(self) -> bool:
-        return self.fusion.kind == "states"
+        return isinstance(self.fusion, StateFusion)
 
     # ------------------------------------------------------------------ text side
     def _text(self, text_prompts) -> Tensor:
         if self.depth == 0:          # unprompted text tower (VPT): constant features, kept
-            key = (self.speedups, self.text_tokens.device, self.clip.dtype)
+            key = (self.text_tokens.device, self.clip.dtype)
             if self._fixed_text is None or self._fixed_text[0] != key:
                 with torch.no_grad():
                     self._fixed_text = (key, encode_texts(self.clip, self.texts, cut=self.speedups,
                                                           chunk=self.text_chunk))
             return self._fixed_text[1]
         return encode_texts(self.clip, self.texts, static_step(text=text_prompts), self.depth,
-                            cut=self.speedups, chunk=self.text_chunk,
-                            checkpoint=self.grad_checkpoint)
+                            cut=self.speedups, chunk=self.text_chunk, checkpoint=self.checkpointing)
 
     def _prompt_path(self) -> Tensor:
         """[SOS, slot tokens] (1, n+1, Dt): the text prompt states never depend on the class
@@ -137,15 +138,15 @@ class DeepPrompts(PromptModel):
             v, t = self.fusion(*self.banks())
             return {"vision": v, "text": self._text(t)}
         if self.training:
-            raise RuntimeError("the text side of a 'states' fusion depends on the batch in "
-                               "training mode: call precompute() in eval mode")
+            raise RuntimeError("a StateFusion's text side depends on the batch in training "
+                               "mode: call precompute() in eval mode")
         t_in, t_out = [None], [self.ctx]
 
         def step(i, v, t):
             if i == 0:
                 return None, self.ctx
             t_in.append(t)
-            t_out.append(self.fusion(i, None, t)[1])
+            t_out.append(self.fusion.text(i, t, None))
             return None, t_out[-1]
 
         run_towers(self.clip, text=self._prompt_path(), step=step, depth=self.depth)
@@ -154,32 +155,38 @@ class DeepPrompts(PromptModel):
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
         if self.coupled and cache is None:
-            return self._coupled(images)
+            return self._lockstep(images)
         cache = cache or self.precompute()
         if self.coupled:
             t_in = cache["t_in"]
             step = lambda i, v, t: ((self.vision_ctx, None) if i == 0
-                                    else (self.fusion(i, v, t_in[i])[0], None))
+                                    else (self.fusion.vision(i, v, t_in[i]), None))
         else:
             step = static_step(vision=cache["vision"])
         v, _ = run_towers(self.clip, images, step=step, depth=self.depth_vision,
-                          checkpoint=self.grad_checkpoint)
+                          checkpoint=self.checkpointing)
         return self.logits(self.clip.visual.head(v), cache["text"])
 
-    def _coupled(self, images: Tensor) -> Tensor:
+    def _lockstep(self, images: Tensor) -> Tensor:
         """Both towers in lock-step (training, or evaluation without the speed-ups)."""
         t_out = [self.ctx]
 
         def step(i, v, t):
             if i == 0:
                 return self.vision_ctx, self.ctx
-            v_new, t_new = self.fusion(i, v, t)
+            t_new = self.fusion.text(i, t, v if self.training else None)
             t_out.append(t_new)
-            return v_new, t_new
+            return self.fusion.vision(i, v, t), t_new
 
         v, _ = run_towers(self.clip, images, self._prompt_path(), step, self.depth,
-                          checkpoint=self.grad_checkpoint)
+                          checkpoint=self.checkpointing)
         return self.logits(self.clip.visual.head(v), self._text(t_out))
+
+
+def _check_depth(depth: int, blocks: int, tower: str, key: str) -> None:
+    if depth > blocks:
+        raise ValueError(f"method.{key}={depth} but this CLIP's {tower} tower has only {blocks} "
+                         f"blocks: set method.{key}={blocks} (or fewer)")
 
 
 # ---------------------------------------------------------------------- presets
@@ -210,7 +217,7 @@ class MaPLeOptions(DeepOptions):
 
 @dataclass
 class MuDPTOptions(DeepOptions):
-    """MuDPT: deep prompts in both towers fused by the Injection Model (spec section 4)."""
+    """MuDPT: deep prompts in both towers fused by the Injection Model (docs/methods.md)."""
     name: str = "mudpt"
     depth: int = 9
     fusion: str = ""                # "" = by variant: paper -> injection, released -> linear_injection
@@ -225,7 +232,7 @@ class MuDPTOptions(DeepOptions):
 
 @dataclass
 class DCPOptions(DeepOptions):
-    """DCP: shallow prompts T0/V0; CMPA generates every deeper prompt (spec section 3)."""
+    """DCP: shallow prompts T0/V0; CMPA generates every deeper prompt (docs/methods.md)."""
     name: str = "dcp"
     n_ctx: int = 16
     n_ctx_vision: int = 16
@@ -238,9 +245,11 @@ class DCPOptions(DeepOptions):
     momentum: float = 0.1           # paper: running mean of the visual summary
 
     def validate(self):
-        super().validate()
         if self.fusing not in ("mean", "max", "first"):
             raise ValueError(f"fusing must be mean, max or first, not {self.fusing!r}")
+        if not 0 < self.momentum <= 1:
+            raise ValueError(f"momentum must be in (0, 1], got {self.momentum}")
+        super().validate()
 
     def fusion_name(self) -> str:
         return self.fusion or {"paper": "cmpa", "released": "cmpa_released"}[self.variant]

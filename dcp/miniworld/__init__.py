@@ -14,14 +14,13 @@ prompts learn. The mini world closes that gap:
     python -m dcp.miniworld pretrain --out my-clip.pt --seed 0
     python run.py --cfg configs/miniworld/dcp.yaml --data DATA --dataset miniworld_shapes
 
-`CHECKPOINT` is the shipped pre-trained tiny CLIP (OpenAI state-dict format, fp16), with its
-record (command, settings, time, zero-shot accuracies) in `RECORD`.
+`CHECKPOINT` is the shipped pre-trained tiny CLIP (OpenAI state-dict format, fp16; `--clip
+miniworld`), with its record (command, settings, time, zero-shot accuracies) in `RECORD`.
+This file imports nothing, so the CLIP loader can name the checkpoint without an import cycle.
 """
 from pathlib import Path
 
 CHECKPOINT = Path(__file__).resolve().with_name("miniworld-clip.pt")
 RECORD = CHECKPOINT.with_suffix(".json")
 
-from .data import TASKS, make_data  # noqa: E402  (registers the miniworld_* datasets)
-
-__all__ = ["CHECKPOINT", "RECORD", "TASKS", "make_data"]
+__all__ = ["CHECKPOINT", "RECORD"]

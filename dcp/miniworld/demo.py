@@ -1,73 +1,64 @@
-"""The offline demo on the mini world: zero-shot CLIP, then few-shot prompt learning.
+"""The offline demo (`python run.py demo`): zero-shot CLIP, then few-shot DCP, on the mini world.
 
-`python run.py --cfg configs/demo.yaml` (`demo: true`) calls `prepare_demo(cfg)` before its
-runs. It points the config at the shipped pre-trained mini-world CLIP, generates the task into
-`<output>/data/` if it is absent, and runs zero-shot CLIP on it (run folder
-`<output>/fewshot/<task>/zeroshot/shots0/seed<S>`); run.py then trains and evaluates the
-configured method (DCP) in its own run folder, and `report_demo` logs both accuracies (recorded in
-their `metrics.json`; `python run.py aggregate <output>` shows them side by side).
+A client of the library with its own short sequence: generate the task (once, into
+`<output>/data/`), load the shipped mini-world CLIP and read the data (once), evaluate
+zero-shot CLIP, train and evaluate the configured method (configs/demo.yaml: DCP, 8 shots),
+and print the two accuracies. Both runs are ordinary run folders under `<output>/`, so a
+second call finds them finished and just reports them.
 """
 from __future__ import annotations
 
-import json
 import logging
+import time
 from pathlib import Path
-
-import torch.distributed as dist
+from typing import Tuple
 
 from ..config import Config, ConfigError, config_from_dict, to_dict
+from ..experiment import Datasets, RunOptions, load_frozen_clip, resolve, run_all
+from ..engine import setup_context
+from ..rundir import read_metrics, run_folder
 from .data import TASKS, make_data
 
 log = logging.getLogger(__name__)
 
-NOTE = ("DEMO: mini world: a tiny CLIP pre-trained on generated pictures of shapes "
-        "(dcp/miniworld); the accuracies are about that world, not about real images")
+NOTE = ("mini world: a tiny CLIP pre-trained on generated pictures of shapes (dcp/miniworld); "
+        "the accuracies are about that world, not about real images")
 
 
 def zero_shot_config(cfg: Config) -> Config:
     """`cfg` with zero-shot CLIP as the method (nothing trained, no shots)."""
     data = to_dict(cfg)
-    data.update(demo=False, method={"name": "zeroshot"})
+    data.update(method={"name": "zeroshot"})
     data["data"]["shots"] = 0
     return config_from_dict(data)
 
 
-def prepare_demo(cfg: Config) -> None:
-    """Resolve the demo's CLIP and data in `cfg` (in place) and run zero-shot CLIP first.
+def _accuracy(cfg: Config) -> float:
+    return read_metrics(run_folder(resolve(cfg, cfg.data.shots, cfg.seed)) / "metrics.json")["summary"]["accuracy"]
 
-    `clip: miniworld` (or `demo`, or empty) is the shipped checkpoint; `data.dataset` defaults to
-    `miniworld_shapes_sketch`, `data.root` to `<output>/data`, generated there when absent.
-    """
-    from ..experiment import clip_source
-    cfg.clip = clip_source("miniworld" if cfg.clip in ("", "demo") else cfg.clip)
+
+def run_demo(cfg: Config) -> Tuple[float, float]:
+    """Run the demo for `cfg` (the trained method's config); returns (zero-shot, method) accuracy."""
+    began = time.time()
+    phase = lambda i, text: log.info("demo %d/4 (%.1fs): %s", i, time.time() - began, text)
+    cfg.clip = cfg.clip or "miniworld"
     cfg.data.dataset = cfg.data.dataset or "miniworld_shapes_sketch"
+    cfg.data.root = cfg.data.root or str(Path(cfg.output or "output") / "data")
     if cfg.data.dataset not in TASKS:
         raise ConfigError(f"data.dataset: the demo runs on a mini-world task "
                           f"({', '.join(TASKS)}), not {cfg.data.dataset!r}")
-    cfg.data.root = cfg.data.root or str(Path(cfg.output or "output") / "data")
+    phase(1, f"the task {cfg.data.dataset} in {cfg.data.root} ({NOTE})")
     make_data(cfg.data.root, [cfg.data.dataset])
-    log.warning("%s", NOTE)
-    if dist.is_available() and dist.is_initialized():
-        log.info("demo under several processes: skipping the zero-shot run")
-        return
-    from ..experiment import RunOptions, run_all
+    phase(2, f"loading CLIP {cfg.clip} and the data, once")
+    clip, datasets = load_frozen_clip(cfg, setup_context(cfg.precision)), Datasets()
     zs = zero_shot_config(cfg)
-    run_all(zs, RunOptions(), seeds=[zs.seed], shots=[0])
-    log.info("DEMO: zero-shot CLIP: %.2f%% on %s; now %s with %d shots per class (it should "
-             "do better)", _accuracy(zs), cfg.data.dataset, cfg.method.name, cfg.data.shots)
-
-
-def _accuracy(cfg: Config) -> float:
-    from ..experiment import run_folder
-    doc = json.loads((run_folder(cfg) / "metrics.json").read_text(encoding="utf-8"))
-    return doc["summary"]["accuracy"]
-
-
-def report_demo(cfg: Config, runs) -> None:
-    """Log zero-shot (run by `prepare_demo` for `cfg`) against each trained run of the demo."""
-    if dist.is_available() and dist.is_initialized():
-        return
-    zero_shot = _accuracy(zero_shot_config(cfg))
-    for run in runs:
-        log.info("DEMO: %s: zero-shot CLIP %.2f%%, %s with %d shots %.2f%% (seed %d)",
-                 run.data.dataset, zero_shot, run.method.name, run.data.shots, _accuracy(run), run.seed)
+    phase(3, "zero-shot CLIP")
+    run_all(zs, RunOptions(), [zs.seed], [0], clip=clip, datasets=datasets)
+    phase(4, f"{cfg.method.name} with {cfg.data.shots} shots per class")
+    run_all(cfg, RunOptions(), [cfg.seed], [cfg.data.shots], clip=clip, datasets=datasets)
+    zero_shot, trained = _accuracy(zs), _accuracy(cfg)
+    log.info("demo done in %.1fs; the run folders are under %s", time.time() - began, cfg.output)
+    method = f"{cfg.method.name.upper()}, {cfg.data.shots} shots per class:"
+    print(f"{'zero-shot CLIP:':<{len(method)}} {zero_shot:6.2f}% on {cfg.data.dataset}\n"
+          f"{method} {trained:6.2f}% ({trained - zero_shot:+.2f} points)")
+    return zero_shot, trained
