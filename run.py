@@ -185,6 +185,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except user_errors as e:
         log.error("error: %s", e)
         return 2
+    except OSError as e:            # a path the system refuses (name too long, no permission)
+        log.error("error: %s", (f"{e.filename}: {e.strerror}" if e.filename else str(e))[:300])
+        return 2
     except KeyboardInterrupt:
         again = [a for a in argv if a != "--force"] + ([] if "--resume" in argv else ["--resume"])
         log.error("interrupted; what is saved stays (last.pt after every epoch). Continue with: "

@@ -48,7 +48,7 @@ from dcp.methods.base import PromptModel  # noqa: E402
 
 log = logging.getLogger("bench")
 
-METHODS = {  # name -> method options (the spec's defaults at ViT-B/16)
+METHODS = {  # name -> method options (the ViT-B/16 defaults of docs/methods.md)
     "zeroshot": {"name": "zeroshot"}, "coop": {"name": "coop"}, "cocoop": {"name": "cocoop"},
     "vpt": {"name": "vpt"}, "ivlp": {"name": "ivlp"}, "maple": {"name": "maple"},
     "mudpt": {"name": "mudpt"}, "mudpt_released": {"name": "mudpt", "variant": "released"},
@@ -229,12 +229,14 @@ def make_clip(quick, device):
     return clip.eval().requires_grad_(False).to(device)
 
 
-def make_model(clip, key, names, quick, device):
+def make_model(clip, key, names, quick, device, **switches):
+    """The method `key`, seeded (the same weights for every switch setting); `switches`:
+    speedups, checkpointing (constructor options of the method)."""
     opts = dict(METHODS[key])
     if quick and opts["name"] not in ("zeroshot", "coop", "cocoop"):
         opts["depth"] = 4
     torch.manual_seed(1)
-    model = build_method(config_from_dict({"method": opts}).method, clip, names)
+    model = build_method(config_from_dict({"method": opts}).method, clip, names, **switches)
     return model.to(device)
 
 
@@ -269,7 +271,9 @@ def bench_train(clip, key, names, args, device, res):
     else:                             # 1000 classes: one step more, timed
         out["step_s"] = timed(step, device, args.reps_large, warmup=0)
         if key in args.checkpointed_methods:
-            model.grad_checkpoint = True
+            model = make_model(clip, key, names, args.quick, device, checkpointing=True).train()
+            opt = torch.optim.SGD(model.trainable_parameters(), lr=1e-3, momentum=0.9)
+            step = train_step_fn(model, images, labels, opt)
             out["checkpointed_activations_mib"] = activation_mib(step)
             out["checkpointed_step_s"] = timed(step, device, args.reps_large, warmup=0)
     if device.type == "cuda":
@@ -297,10 +301,9 @@ def bench_eval(clip, key, names, args, device, res, batch=16):
         n_batches = args.test_images / batch
         out["images_per_s_whole_eval"] = round(args.test_images / (out["precompute_s"] + n_batches * out["batch_s"]), 3)
         if key in args.off_methods and len(names) > 100:
-            model.speedups = False
+            reference = make_model(clip, key, names, args.quick, device, speedups=False).eval()
             with fused_attention(False):
-                out["off_batch_s"] = timed(lambda: model(images), device, args.reps_large, warmup=0)
-            model.speedups = True
+                out["off_batch_s"] = timed(lambda: reference(images), device, args.reps_large, warmup=0)
             out["off_images_per_s"] = round(batch / out["off_batch_s"], 3)
             out["speedup_all"] = round(out["off_batch_s"] / out["batch_s"], 2)
             out["speedup_all_whole_eval"] = round(
@@ -312,14 +315,11 @@ def bench_isolated(clip, names, args, device, res):
     """Each exact speed-up against the same code with only it switched off."""
     out = {}
     maple = make_model(clip, "maple", names, args.quick, device).eval()
+    uncut = make_model(clip, "maple", names, args.quick, device, speedups=False).eval()
     images = torch.randn(16, 3, res, res, device=device)
     with torch.no_grad():
-        def uncut():
-            maple.speedups = False
-            maple.precompute()
-            maple.speedups = True
         maple.precompute()                                  # warm-up
-        cut, full = timed_pair(maple.precompute, uncut, device, args.reps_large)
+        cut, full = timed_pair(maple.precompute, uncut.precompute, device, args.reps_large)
         out["text_cut"] = {"what": f"text tower over {len(names)} classes, MaPLe n=2 'a photo of a {{}}.'",
                            "tokens": maple.texts.cut, "cut_s": cut, "77_tokens_s": full,
                            "speedup": round(full / cut, 2)}
@@ -342,7 +342,7 @@ def bench_loader(args, device, res, model_images_per_s):
     """Decode + augmentation throughput of the data pipeline (workers) against the model's."""
     from PIL import Image
 
-    from dcp.data import Datum, build_loader, build_transform
+    from dcp.data import Datum, batches, build_transform, train_loader
     with tempfile.TemporaryDirectory() as tmp:
         data = []
         g = torch.Generator().manual_seed(0)
@@ -351,15 +351,16 @@ def bench_loader(args, device, res, model_images_per_s):
             pixels = (torch.rand(375, 500, 3, generator=g) * 255).to(torch.uint8).numpy()
             Image.fromarray(pixels).save(path, quality=90)     # ImageNet-like size
             data.append(Datum(str(path), i % 10, f"class {i % 10}"))
-        loader = build_loader(data, build_transform(True, res), batch_size=32, shuffle=True, seed=0,
+        loader = train_loader(data, build_transform(True, res), batch_size=32, seed=0,
                               num_workers=args.workers)
-        for _ in loader:     # start the workers
+        for _ in batches(loader):     # start the (persistent) workers
             pass
         t = time.perf_counter()
-        for _ in range(2):
-            for _ in loader:
+        for epoch in range(2):
+            loader.batch_sampler.set_epoch(epoch + 1)
+            for _ in batches(loader):
                 pass
-        rate = 2 * len(data) / (time.perf_counter() - t)
+        rate = 2 * len(loader) * 32 / (time.perf_counter() - t)     # full batches only
     return {"workers": args.workers, "images_per_s": round(rate, 2),
             "model_train_images_per_s": model_images_per_s,
             "loader_over_model": round(rate / model_images_per_s, 2) if model_images_per_s else None}

@@ -36,14 +36,24 @@ MAX_YAML_BYTES = 1 << 20
 DERIVED = {"optim.epochs": ("optim.epochs_by_shots", {})}   # explicit key -> (deriving key, off)
 
 
-class ConfigError(ValueError):
-    """A bad configuration; the message names the dotted key."""
-
-
 def short(value: Any, limit: int = 80) -> str:
     """`repr(value)`, cut to `limit` characters (values from files go into error messages)."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 5] + " ...>"
+
+
+def cut(text: str, limit: int = 360) -> str:
+    """`text` for a one-line message: each run of over 200 non-space characters (a huge value
+    or path) cut in its middle, then the whole text to about `limit` characters."""
+    text = re.sub(r"\S{201,}", lambda m: m.group()[:120] + " ... " + m.group()[-60:], str(text))
+    return text if len(text) <= limit else text[:limit * 2 // 3] + " ... " + text[-(limit // 3 - 5):]
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the dotted key (cut short: values can be huge)."""
+
+    def __init__(self, message: object = ""):
+        super().__init__(cut(str(message)))
 
 
 # --------------------------------------------------------------------------- sections
@@ -215,10 +225,10 @@ def to_dict(obj) -> Dict[str, Any]:
 
 
 def method_options_class(name: str):
-    try:
-        return METHODS.get(name).Options
-    except KeyError as e:
-        raise ConfigError(f"method.name: {e.args[0]}") from None
+    if name not in METHODS:
+        raise ConfigError(f"method.name: unknown method {short(name)}; registered: "
+                          f"{', '.join(METHODS.names())}")
+    return METHODS.get(name).Options
 
 
 def config_from_dict(data: Dict[str, Any]) -> Config:
@@ -323,20 +333,37 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+class _Dumper(yaml.SafeDumper):
+    """`yaml.SafeDumper` that quotes a string the loader would read as a number."""
+
+
+# YAML 1.1 reads `1e-3` (no dot) as a string; read it as the number it means (as YAML 1.2 does).
+for _cls in (_NoAliasLoader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+
+
 def _yaml(text: str):
     return yaml.load(text, Loader=_NoAliasLoader)
 
 
 def read_yaml(path: Union[str, Path], _seen: Sequence[Path] = ()) -> Dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.stat().st_size > MAX_YAML_BYTES:
-        raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config file is at most "
-                          f"{MAX_YAML_BYTES} bytes")
     try:
-        data = _yaml(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config file is at most "
+                              f"{MAX_YAML_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:            # unreadable, or a name too long
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e)[:300]}") from None
+    try:
+        data = _yaml(text) or {}
+    except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e)[:300]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
@@ -361,4 +388,4 @@ def load_config(path: Optional[Union[str, Path, Sequence[Union[str, Path]]]] = N
 
 def config_text(cfg: Config) -> str:
     """The config as YAML (what a run folder's config.yaml holds)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False)

@@ -6,10 +6,12 @@
 
 Training: SGD over the trainable tensors only; epoch 0 at the constant warm-up lr, then cosine;
 `folder.last` after every epoch, `folder.final` at the end (`dcp.rundir` writes them). A
-non-finite loss stops the run at once. All randomness of an epoch is a function of
+non-finite loss stops the run at once; so do non-finite trained tensors after an epoch, or
+non-finite scores after the last one (checked before the epoch is saved). All randomness of an epoch is a function of
 (seed, epoch) (see `dcp.data.loader`), so a resumed run ends bit-exact like an uninterrupted one.
 Evaluation: a model built with `speedups` computes its image-independent part once
 (`precompute()`); one built without recomputes everything per batch, like the released code.
+Non-finite scores stop an evaluation (no metrics from broken tensors).
 """
 from __future__ import annotations
 
@@ -216,6 +218,23 @@ def _train_epoch(net, loader, optimizer, scaler, cfg: Config, ctx: Context, epoc
             "accuracy": 100.0 * correct / max(seen, 1), "lr": lr}
 
 
+def _check_finite(model, cfg: Config, ctx: Context, image_size: int, epoch: int, epochs: int,
+                  steps: int, lr: float) -> None:
+    """Before an epoch is saved: its last update diverged if a trainable tensor is not finite,
+    or (last epoch: no later loss would show it) the scores on a blank image are not."""
+    bad = next((f"{n} is" for n, p in model.named_parameters()
+                if p.requires_grad and not torch.isfinite(p).all()), None)
+    if bad is None and epoch == epochs:
+        model.eval()                      # eval mode: no running statistics move
+        with torch.no_grad(), ctx.autocast():
+            scores = model(torch.zeros(1, 3, image_size, image_size, device=ctx.device))
+        bad = None if torch.isfinite(scores.float()).all() else "the model's scores are"
+    if bad:
+        raise RunError(f"training diverged: {bad} not finite after epoch {epoch}, step {steps} "
+                       f"(lr {lr:g}, optim.lr={cfg.optim.lr:g}); nothing is recorded as "
+                       "finished: lower optim.lr")
+
+
 def fit(model, data: Sequence[Datum], cfg: Config, folder: RunFolder, ctx: Context,
         image_size: int, resume: bool = False, stop_after: int = 0) -> List[Dict[str, float]]:
     """Train `model`'s trainable parameters for `optim.epochs_for(shots)` epochs; returns the
@@ -240,6 +259,7 @@ def fit(model, data: Sequence[Datum], cfg: Config, folder: RunFolder, ctx: Conte
     for epoch in range(start, epochs):
         history.append(_train_epoch(net, loader, optimizer, scaler, cfg, ctx, epoch, epochs))
         done = epoch + 1
+        _check_finite(model, cfg, ctx, image_size, done, epochs, len(loader), history[-1]["lr"])
         if ctx.main:
             folder.save_checkpoint(folder.last, model, cfg, done, history, lr=history[-1]["lr"],
                                    optimizer=optimizer.state_dict(), rng=rng_state(),
@@ -284,6 +304,10 @@ def predict(model, data: Sequence[Datum], cfg: Config, ctx: Context, image_size:
                             enabled=ctx.main):
         with ctx.autocast():
             logits = model(x.to(ctx.device), cache) if cache is not None else model(x.to(ctx.device))
+        if not torch.isfinite(logits).all():
+            raise RunError(f"{desc}: the model gives non-finite scores (nan or inf): its trained "
+                           "tensors are broken (training diverged: lower optim.lr); no metrics "
+                           "are written")
         preds.append(logits.argmax(dim=-1).cpu())
         idx.append(i)
     idx_t = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)

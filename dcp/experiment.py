@@ -172,9 +172,8 @@ def prepare(cfg: Config, opts: RunOptions, shots: Sequence[int], seeds: Sequence
                       datasets, source, trainable=False)
     first, train = runs[0], setting.train_split(runs[0])
     probe = build(first, setting.clip, train.classnames, train.template)
-    if opts.load_released and not hasattr(probe, "load_released"):
-        raise ConfigError(f"--load-released: method {cfg.method.name!r} cannot read "
-                          "checkpoints of the authors' released code")
+    if opts.load_released:     # read and fit it now: a bad file fails before any folder
+        probe.load_released(opts.load_released)
     setting.trainable = bool(probe.trainable_parameters())
     del probe
     tests = [split for _, split in setting.eval_sets(first)]
@@ -398,21 +397,29 @@ def describe(setting: Setting) -> str:
     info = src.split_info
     state = {True: "matches the published file", False: "differs from the published file",
              None: info.get("note") or "no published checksum"}[info.get("matches_published")]
+    split = (f"{info['file']} (sha256 {str(info.get('sha256'))[:12]}): {state}"
+             if info.get("file") else f"none ({state})")
     lines = ["# resolved config (first run)", config_text(cfg).rstrip(), "",
              f"dataset {src.name}: {src.num_classes} classes, {len(src.train)} train / "
              f"{len(src.val)} val / {len(src.test)} test images in {src.dataset_dir}",
-             f"split file: {info.get('file') or '-'} (sha256 {str(info.get('sha256'))[:12]}): {state}"]
+             f"split file: {split}"]
     for run in setting.runs:
         train = setting.train_split(run)
         model = build(run, setting.clip, train.classnames, train.template)
         folder = RunFolder(run_folder(run))
-        line = f"run {folder.path} [{folder.status()}]: {model.num_trainable()} trainable parameters"
+        size = run.data.image_size or setting.clip.visual.input_resolution
+        fusion = getattr(model, "fusion", None)
+        line = (f"run {folder.path} [{folder.status()}]: {method_tag(run)}"
+                + (f" (fusion {run.method.fusion_name()})" if fusion is not None else "")
+                + f", input {size}px, {model.num_trainable()} trainable parameters")
         if setting.trainable:
             draw = setting.draw(run)
             epochs = run.optim.epochs_for(run.data.shots)
             steps = max(len(draw.train) // run.optim.batch_size, 1)
-            line += (f"; {len(draw.train)} training images, {epochs} epochs "
-                     f"({run.optim.epochs_reason(run.data.shots)}) x {steps} steps = {epochs * steps} steps")
+            line += (f"; {len(draw.train)} training images ({draw.fewshot_info['mode']} "
+                     f"few-shot draw)" if draw.fewshot_info else f"; {len(draw.train)} training images")
+            line += (f", {epochs} epochs ({run.optim.epochs_reason(run.data.shots)}) x {steps} "
+                     f"steps = {epochs * steps} steps")
         lines.append(line)
         lines += [f"  test {k}: {len(s.test)} images, {s.num_classes} classes" for k, s in setting.eval_sets(run)]
     return "\n".join(lines)

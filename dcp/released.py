@@ -1,4 +1,5 @@
-"""Load prompts trained with the authors' released code (Dassl checkpoints, spec section 6).
+"""Load prompts trained with the authors' released code (Dassl checkpoints; the keys read per
+method: docs/methods.md, "Released checkpoints").
 
     model = build_method(cfg.method, clip, classnames)     # e.g. dcp with variant: released
     model.load_released("output/.../MultiModalPromptLearner/model.pth.tar-20")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 from .clip import CheckpointError
-from .config import Config, config_text, short, to_dict
+from .config import Config, config_text, cut, short, to_dict
 from .registry import FUSIONS
 from .utils import atomic_torch_save, atomic_write_text, load_torch_file, sha256_file
 
@@ -38,6 +38,9 @@ USER_DATASETS = ("folder", "csv")
 
 class RunError(RuntimeError):
     """A run that cannot proceed as asked (unfinished folder, another setting, busy, ...)."""
+
+    def __init__(self, message: object = ""):
+        super().__init__(cut(str(message)))         # one line, also for a huge --output path
 
 
 # --------------------------------------------------------------------------- names
@@ -133,12 +136,15 @@ class RunFolder:
 
     def status(self) -> str:
         """finished (a readable metrics.json) | trained (final.pt) | interrupted (last.pt) | new."""
-        if read_metrics(self.metrics) is not None:
-            return "finished"
-        if self.metrics.exists():
-            log.warning("%s is damaged (not a complete metrics file): the run is not finished",
-                        self.metrics)
-        return "trained" if self.final.is_file() else "interrupted" if self.last.is_file() else "new"
+        try:
+            if read_metrics(self.metrics) is not None:
+                return "finished"
+            if self.metrics.exists():
+                log.warning("%s is damaged (not a complete metrics file): the run is not finished",
+                            self.metrics)
+            return "trained" if self.final.is_file() else "interrupted" if self.last.is_file() else "new"
+        except OSError as e:        # a name too long, a parent folder that cannot be read
+            raise RunError(f"cannot use {self.path}: {e.strerror or e}") from None
 
     @contextlib.contextmanager
     def claim(self) -> Iterator["RunFolder"]:
@@ -249,6 +255,7 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
         obj = load_torch_file(path, require_digest=True)
     except Exception as e:      # damaged, unreadable or refused (non-tensor globals)
         first = (str(e).strip().splitlines() or [""])[0]
+        first = first[len(f"{path}: "):] if first.startswith(f"{path}: ") else first   # named once
         raise CheckpointError(f"{path}: cannot read this run checkpoint ({type(e).__name__}: "
                               f"{short(first, 300)})") from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:

@@ -90,8 +90,21 @@ def test_core_does_not_import_its_clients():
 
 @pytest.mark.slow
 def test_every_module_imports_alone_in_a_fresh_interpreter():
-    for name in MODULES:
-        if name.endswith("__main__"):
-            continue
-        r = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True)
-        assert r.returncode == 0, f"import {name} alone fails:\n{r.stderr[-2000:]}"
+    from concurrent.futures import ThreadPoolExecutor
+
+    def alone(name):
+        return name, subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True,
+                                    text=True)
+    names = [n for n in MODULES if not n.endswith("__main__")]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for name, r in pool.map(alone, names):
+            assert r.returncode == 0, f"import {name} alone fails:\n{r.stderr[-2000:]}"
+
+
+def test_the_run_machinery_reads_in_short_functions():
+    """No function over 50 lines in the three files a reader follows a run through."""
+    for rel in ("engine.py", "experiment.py", "results.py"):
+        tree = ast.parse((PACKAGE / rel).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 50, f"{rel}: {node.name} is too long"

@@ -1,5 +1,6 @@
 """Every method on the one prompt mechanism: shapes, gradients, frozen CLIP, batch
-(in)dependence, exact speed-ups, the spec's parameter counts and released-code behaviours."""
+(in)dependence, exact speed-ups, the parameter counts docs/methods.md pins and released-code
+behaviours."""
 from __future__ import annotations
 
 import copy
@@ -47,11 +48,12 @@ def images():
     return torch.randn(6, 3, 32, 32)
 
 
-def make(clip, case, **over):
+def make(clip, case, switches=None, **over):
+    """The method of `case` (seeded: the same weights for every `switches`, e.g. speedups)."""
     name, opts = CASES[case]
     torch.manual_seed(2)
     cfg = config_from_dict({"method": {"name": name, **opts, **over}})
-    return build_method(cfg.method, clip, CLASSNAMES)
+    return build_method(cfg.method, clip, CLASSNAMES, **(switches or {}))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -69,7 +71,7 @@ def test_train_step_gradients_and_frozen_clip(clip, images, case):
     opt = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
     F.cross_entropy(logits, torch.arange(6) % len(CLASSNAMES)).backward()
     no_grad = {k for k in trainable if params[k].grad is None or not params[k].grad.abs().sum()}
-    if case == "dcp_released":   # spec 3.1: the text half of CMPA is trainable, never updated
+    if case == "dcp_released":   # docs/methods.md, DCP, released 1: text half of CMPA never updated
         assert no_grad and all(k.split(".")[3] in ("attn_t", "ln_1_t", "mlp_t", "ln_2_t", "v2t")
                                for k in no_grad), no_grad
         assert {k.split(".")[3] for k in no_grad} == {"attn_t", "ln_1_t", "mlp_t", "ln_2_t", "v2t"}
@@ -94,7 +96,8 @@ def test_batch_independent_in_eval(clip, images, case):
 
 
 def test_dcp_released_depends_on_its_batch(clip, images):
-    """Spec 3.2: visual states are pooled over the batch and the result broadcast."""
+    """docs/methods.md, "DCP", `variant: released` item 2: visual states are pooled over the batch
+    and the result broadcast."""
     model = make(clip, "dcp_released").eval()
     with torch.no_grad():
         full = model(images)
@@ -198,12 +201,12 @@ def test_dcp_paper_running_mean(clip, images):
 def test_speedups_are_exact(clip, images, case):
     """Cut text, once-per-evaluation cache and chunked class text give the same logits."""
     model = make(clip, case).eval()
+    reference = make(clip, case, {"speedups": False}).eval()
+    in_twos = make(clip, case, {"text_chunk": 2}).eval()
     with torch.no_grad():
         fast = model(images, model.precompute())
-        model.speedups = False
-        slow = model(images)
-        model.speedups, model.text_chunk = True, 2
-        chunked = model(images, model.precompute())
+        slow = reference(images)
+        chunked = in_twos(images, in_twos.precompute())
     torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(fast, chunked, atol=1e-5, rtol=1e-5)
 
@@ -274,7 +277,8 @@ def test_mudpt_fusion_follows_spec(clip):
 
 
 def test_parameter_counts_at_vit_b16():
-    """Spec numbers at ViT-B/16 widths (a meta-device CLIP: shapes only, no memory)."""
+    """The numbers docs/methods.md pins ("The family", "DCP", "MuDPT") at ViT-B/16 widths (a
+    meta-device CLIP: shapes only, no memory)."""
     with torch.device("meta"):
         clip = CLIP(512, 224, 12, 768, 16, 77, 49408, 512, 8, 12)
     names = ["a", "b", "c"]
@@ -330,13 +334,36 @@ def test_resnet_clip_runs_text_methods_and_rejects_visual_prompts():
 
 
 @pytest.mark.parametrize("case", ["coop", "maple", "dcp", "cocoop"])
-def test_activation_checkpointing_gives_the_same_gradients(clip, images, case):
+def test_activation_checkpointing_gives_the_same_gradients(clip, images, case, monkeypatch):
+    import torch.utils.checkpoint
+    calls, real = [], torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     grads = []
     for flag in (False, True):
-        model = make(clip, case).train()
-        model.grad_checkpoint = flag
+        model = make(clip, case, {"checkpointing": flag}).train()
+        before = len(calls)
         F.cross_entropy(model(images), torch.arange(6) % len(CLASSNAMES)).backward()
+        assert (len(calls) > before) is flag               # blocks really are checkpointed
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5)
+
+
+def test_maple_deep_projections_start_as_copies_of_one_linear(clip):
+    """Released MaPLe: `compound_prompt_projections = _get_clones(single_layer, depth - 1)`,
+    so every deep projection starts with the same weights; `proj` has its own init."""
+    torch.manual_seed(0)
+    model = make(clip, "maple", depth=3)
+    first, *deep = model.fusion.proj
+    assert len(deep) == 2
+    assert all(torch.equal(d.weight, deep[0].weight) and torch.equal(d.bias, deep[0].bias) for d in deep)
+    assert not torch.equal(first.weight, deep[0].weight)
+    assert deep[0].weight.data_ptr() != deep[1].weight.data_ptr()   # copies, trained apart
+
+
+def test_init_words_read_underscores_as_spaces():
+    from dcp.prompting import init_words, prompt_prefix
+    assert init_words("a_photo_of_a") == ["a", "photo", "of", "a"] == init_words(" a photo  of a")
+    assert prompt_prefix(4, "a_photo_of_a") == prompt_prefix(4, "a photo of a")

@@ -188,7 +188,7 @@ def test_cli_make_data_writes_one_task(tmp_path):
     assert len(build_dataset("miniworld_shapes_sketch", str(tmp_path)).test) == 320
 
 
-@pytest.mark.slow
+@pytest.mark.pretrain
 def test_pretrain_command_reproduces_the_shipped_quality(record, tmp_path):
     """The recorded command, re-run: a checkpoint within a few points of the shipped one."""
     args = shlex.split(record["command"])

@@ -1,6 +1,6 @@
-"""Checkpoints written by the authors' released code (Dassl layout, spec section 6): built
-here from the spec's key layout, saved as Dassl saves them (fp16 tensors, pickled SGD and
-CosineAnnealingLR), and loaded into the equivalent model."""
+"""Checkpoints written by the authors' released code (Dassl layout, docs/methods.md, "Released
+checkpoints"): built here from the key layout listed there, saved as Dassl saves them (fp16
+tensors, pickled SGD and CosineAnnealingLR), and loaded into the equivalent model."""
 from __future__ import annotations
 
 import os
@@ -34,7 +34,7 @@ def _lin(sd, prefix, lin):
 
 
 def released_layout(model):
-    """The released code's state dict for `model`'s prompts, per the spec's key list,
+    """The released code's state dict for `model`'s prompts, per the key list of docs/methods.md,
     plus frozen/class-dependent entries that the loader must ignore."""
     name, sd = model.opts.name, {}
     if name in ("coop", "cocoop"):

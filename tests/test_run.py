@@ -190,3 +190,13 @@ def test_load_released_checkpoint(run, tiny, tmp_path):
     ma, mb = R.metrics(R.run_dir(a, "coop")), R.metrics(R.run_dir(b, "coop"))
     assert ma["released_checkpoint"] == str(tmp_path / "released")
     assert ma["results"] == mb["results"]
+
+    # a released checkpoint that does not fit (3 context vectors, the config has 4) fails
+    # before any run folder is made
+    bad = tmp_path / "bad" / "prompt_learner" / "model.pth.tar-2"
+    bad.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"ctx": ctx[:3], "token_prefix": torch.zeros(3, 1, 64),
+                               "token_suffix": torch.zeros(3, 72, 64)}, "epoch": 2}, bad)
+    c = tmp_path / "c"
+    assert run.main(R.argv("coop", clip, data, c, "--load-released", str(tmp_path / "bad"))) == 2
+    assert not c.exists()

@@ -6,7 +6,8 @@ accepts either the data root (the folder holding `oxford_pets/`, `imagenet/`, ..
 dataset's own folder. Folders are only read, never written.
 
 Class names are the raw ones the benchmark reports with (split file, `classnames.txt`,
-`variants.txt`), underscores kept: prompt code does `.replace("_", " ")` (spec §1).
+`variants.txt`), underscores kept: prompt code does `.replace("_", " ")` (docs/methods.md,
+"Conventions").
 
 Existence checks: every image a split file lists is checked at load by listing each image
 folder once; folder-defined datasets (ImageNet and its variants, `folder`) are the listing.
@@ -37,7 +38,7 @@ PHOTO = "a photo of a {}."
 class DatasetReader:
     """Base of registered readers. `read(dataset_dir, split_file)` returns a `DatasetSplits`."""
     folder = ""                      # folder name under the data root
-    template = PHOTO                 # CoOp's zero-shot template (spec §2)
+    template = PHOTO                 # CoOp's zero-shot template (docs/methods.md, "The family")
     layout = ""                      # expected layout, quoted in errors
     signatures: Tuple[Tuple[str, ...], ...] = ()   # any group fully present -> recognised
     fewshot_draw = "per_class"       # the draw data.fewshot_draw=auto picks (dcp/data/fewshot.py)
@@ -337,7 +338,8 @@ class ImageNetFamily(DatasetReader):
 @DATASETS.register("imagenet")
 class ImageNet(ImageNetFamily):
     """train = `images/train`, test = `images/val` (ImageNet's validation set is the test set of
-    this protocol); `val` is the test set too, as in CoOp (no model selection: spec §5)."""
+    this protocol); `val` is the test set too, as in CoOp (no model selection: docs/methods.md,
+    "Training")."""
     fewshot_draw = "dassl"
     folder = "imagenet"
     signatures = (("images/train", "classnames.txt"), ("images/train", "images/val"))

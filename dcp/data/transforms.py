@@ -1,4 +1,4 @@
-"""CLIP image transforms (spec §5) and robust image decoding."""
+"""CLIP image transforms (docs/methods.md, "Training") and robust image decoding."""
 from __future__ import annotations
 
 from typing import Callable, Sequence

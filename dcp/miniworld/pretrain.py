@@ -10,7 +10,7 @@ a learnable temperature `logit_scale`, clamped so that exp(logit_scale) <= 100. 
 freshly generated (`world.sample_scene` / `render` / `caption`), so the data never repeats.
 
 Captions are cut to the batch's longest EOS + 1 tokens: the text mask is causal, so the
-padding after EOS cannot change the EOS feature (spec section 1).
+padding after EOS cannot change the EOS feature (docs/methods.md, "Conventions").
 
 The result is written as OpenAI writes a state dict (same keys, fp16), and `dcp.clip.load`
 reads it like any CLIP checkpoint; beside it a JSON record of the command, settings, time
