@@ -31,7 +31,7 @@ from .data import (DatasetError, DatasetSplits, build_dataset, check_images, det
                    fewshot, subsample_classes)
 from .engine import Context, fit, predict, seed_everything, setup_context, teardown_context
 from .methods import build_method
-from .prompting import duplicate_classnames
+from .prompting import duplicate_classnames, prompt_classname
 from .protocols import protocol
 from .registry import DATASETS
 from .results import classification_metrics
@@ -190,10 +190,19 @@ def prepare(cfg: Config, opts: RunOptions, shots: Sequence[int], seeds: Sequence
 
 
 def _check_classnames(split: DatasetSplits) -> None:
-    duplicates = duplicate_classnames(split.classnames)
+    """Class names equal in a prompt: an error, except those the published list repeats."""
+    found = duplicate_classnames(split.classnames)
+    known = [d for d in found
+             if " ".join(prompt_classname(d[0]).lower().split()) in split.duplicates_ok]
+    if known:
+        log.warning("%s: the published class list names %s alike; only the first of each can be "
+                    "predicted (as in the released code)", split.name,
+                    ", ".join(f"{len(d)} classes {d[0]!r}" for d in known))
+    duplicates = [d for d in found if d not in known]
     if duplicates:
         raise DatasetError(f"{split.name}: class names equal in a prompt (case, '_' and spaces "
-                           f"ignored) could never be told apart: {' = '.join(map(repr, duplicates[0]))}"
+                           f"ignored) could never be told apart: "
+                           f"{' = '.join(repr(n[:60]) for n in duplicates[0][:3])}"
                            + (f" (and {len(duplicates) - 1} more)" if len(duplicates) > 1 else ""))
 
 

@@ -399,6 +399,36 @@ def test_a_read_only_output_names_the_path(run, tiny, tmp_path, caplog, capsys):
         ro.chmod(0o700)
 
 
+def test_a_read_only_file_system_names_the_path_even_as_root(run, tiny, tmp_path, monkeypatch,
+                                                             caplog, capsys):
+    """What a read-only mount says (EROFS), simulated below `out`: root cannot write there either."""
+    import errno
+    clip, data = tiny
+    out, mkdir = tmp_path / "ro", Path.mkdir
+
+    def refuse(self, *a, **k):
+        if str(self).startswith(str(out)):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return mkdir(self, *a, **k)
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    msg = _error(run, R.argv("zeroshot", clip, data, out), caplog, capsys)
+    assert f"cannot write {out}" in msg and "Read-only file system" in msg
+
+
+def test_a_full_disk_names_the_file_and_records_nothing(run, tiny, tmp_path, monkeypatch,
+                                                         caplog, capsys):
+    import errno
+    clip, data = tiny
+    out = tmp_path / "full"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)          # every atomic write syncs before its rename
+    msg = _error(run, R.argv("coop", clip, data, out), caplog, capsys)
+    assert "cannot write" in msg and "No space left on device; free some space" in msg
+    assert not list(out.rglob("metrics.json")) and not list(out.rglob("*.tmp"))
+
+
 # --------------------------------------------------------------------------- 7. leftovers
 def test_a_truncated_metrics_file_is_not_finished(run, tiny, whole, tmp_path, caplog, capsys):
     from dcp.rundir import RunFolder, read_metrics
@@ -561,3 +591,23 @@ def test_a_kill_at_any_write_point_resumes_to_the_same_result(name, nth, phase, 
     assert done["train"]["history"] == ref["train"]["history"]
     mine, theirs = R.weights(folder), R.weights(whole[1])
     assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_imagenets_published_duplicate_names_pass_with_a_warning(caplog):
+    """CoOp's ImageNet class list itself names two pairs alike ("missile", "sunglasses"): the
+    published results include them, so they pass (named in a warning); any other pair fails."""
+    import dataclasses as dc
+
+    from dcp.data import DatasetError, DatasetSplits
+    from dcp.data.datasets import ImageNet
+    from dcp.experiment import _check_classnames
+    names = ["tench", "missile", "sunglasses", "projectile", "missile", "sunglasses"]
+    split = DatasetSplits("imagenet", [], [], [], names, "{}", {},
+                          duplicates_ok=ImageNet.duplicates_ok)
+    with caplog.at_level("WARNING"):
+        _check_classnames(split)
+    assert "2 classes 'missile'" in caplog.text and "2 classes 'sunglasses'" in caplog.text
+    with pytest.raises(DatasetError, match="'tench' = 'Tench'"):
+        _check_classnames(dc.replace(split, classnames=names + ["Tench"]))
+    with pytest.raises(DatasetError, match="'missile' = 'missile'"):   # only the benchmark's own
+        _check_classnames(dc.replace(split, duplicates_ok=()))

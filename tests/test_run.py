@@ -2,6 +2,8 @@
 `folder` dataset, for every method; and bad input failing with one clear line, no traceback."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -91,7 +93,9 @@ def test_several_seeds_and_shots_in_one_call(run, tiny, tmp_path):
             m = R.metrics(R.run_dir(tmp_path, "coop", shots=shots, seed=seed))
             assert (m["setting"]["shots"], m["setting"]["seed"]) == (shots, seed)
             draw = m["train"]["fewshot"]
-            assert (draw["shots"], draw["seed"]) == (shots, seed)
+            assert (draw["shots"], draw["seed"], draw["mode"]) == (shots, seed, "per_class")
+            folder = R.run_dir(tmp_path, "coop", shots=shots, seed=seed)
+            assert json.loads((folder / "fewshot.json").read_text())["mode"] == "per_class"
     # CoOp's config ties the epochs to the shots; the tests override it with 2 epochs
     cfg = load_config(R.CONFIGS / "coop_vitb16.yaml")
     assert [cfg.optim.epochs_for(k) for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]

@@ -42,6 +42,7 @@ class DatasetReader:
     layout = ""                      # expected layout, quoted in errors
     signatures: Tuple[Tuple[str, ...], ...] = ()   # any group fully present -> recognised
     fewshot_draw = "per_class"       # the draw data.fewshot_draw=auto picks (dcp/data/fewshot.py)
+    duplicates_ok: Tuple[str, ...] = ()  # names the published class list itself repeats
 
     def __init__(self, name: str):
         self.name = name
@@ -297,6 +298,9 @@ def read_imagenet_classnames(path: Path) -> List[Tuple[str, str]]:
 class ImageNetFamily(DatasetReader):
     """Folder-per-class datasets in ImageNet's label space (classnames.txt)."""
     images = ""
+    # CoOp's classnames.txt names two pairs of classes alike (n03773504 / n04008634 "missile",
+    # n04355933 / n04356056 "sunglasses"); the published results are with them, so they pass
+    duplicates_ok = ("missile", "sunglasses")
 
     def classnames_file(self, dataset_dir: Path) -> Path:
         """`<dataset>/classnames.txt` (CoOp: copied there), else `<root>/imagenet/classnames.txt`."""
@@ -607,6 +611,7 @@ def build_dataset(name: str, root: str, *, split_file: str = "",
     splits = reader.read(reader.locate(path, split_file), split_file)
     splits.fewshot_cache = fewshot_cache
     splits.fewshot_draw = reader.fewshot_draw
+    splits.duplicates_ok = tuple(getattr(reader, "duplicates_ok", ()))
     log.info("%s: %d classes, %d train / %d val / %d test images from %s", name,
              splits.num_classes, len(splits.train), len(splits.val), len(splits.test),
              splits.dataset_dir)

@@ -68,6 +68,7 @@ class DatasetSplits:
     label_offset: int = 0                    # label in the full class list = label + label_offset
     fewshot_cache: bool = True               # may fewshot() use split_fewshot/*.pkl of the folder
     fewshot_draw: str = "per_class"          # the draw data.fewshot_draw=auto uses: dassl | per_class
+    duplicates_ok: Tuple[str, ...] = ()      # class names the published list itself repeats
 
     @property
     def num_classes(self) -> int:

@@ -14,6 +14,7 @@ same gradients, far less memory), `text_chunk` classes go through the text tower
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -24,6 +25,8 @@ from ..clip.model import CLIP
 from ..config import MethodOptions
 from ..prompting import ClassTexts, duplicate_classnames, prompt_classname
 from ..registry import METHODS
+
+log = logging.getLogger(__name__)
 
 
 class PromptModel(nn.Module):
@@ -36,10 +39,10 @@ class PromptModel(nn.Module):
                  checkpointing: bool = False, text_chunk: int = 512):
         super().__init__()
         duplicates = duplicate_classnames(classnames)
-        if duplicates:
-            raise ValueError("class names that are equal in a prompt (case, '_' and spaces "
-                             "ignored) could never be told apart: "
-                             + "; ".join(" = ".join(map(repr, d)) for d in duplicates[:5]))
+        if duplicates:    # run.py refuses them for users' data (ImageNet's list has two pairs)
+            log.warning("class names equal in a prompt get the same text features; only the "
+                        "first of each can be predicted: %s", "; ".join(
+                            " = ".join(map(repr, d[:3])) for d in duplicates[:5])[:300])
         self.clip = clip.requires_grad_(False).eval()
         self.opts = opts
         self.classnames = [prompt_classname(c) for c in classnames]
