@@ -114,3 +114,19 @@ def tiny_vit_checkpoint(tiny_vit_state_dict, tmp_path_factory) -> Path:
     """The tiny ViT as an OpenAI-format TorchScript file (fp16 weights), for `--clip PATH`."""
     return save_openai_torchscript(tiny_vit_state_dict,
                                    tmp_path_factory.mktemp("clip") / "tiny-ViT.pt")
+
+
+# --------------------------------------------------------------------------- run.py end to end
+@pytest.fixture(scope="module")
+def run():
+    """run.py, imported as a module (its `main(argv)` is called in-process)."""
+    import runfixtures as R
+    return R.load_run()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(tiny CLIP state-dict file, tiny `folder` dataset), built once per test module."""
+    import runfixtures as R
+    base = tmp_path_factory.mktemp("tiny")
+    return R.save_tiny_clip(base / "tiny-clip.pt"), R.make_folder_dataset(base / "data")

@@ -32,11 +32,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def run():
-    return R.load_run()
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_data(tmp_path_factory.mktemp("miniworld"), [TASK, "miniworld_objects"])
 

@@ -23,17 +23,6 @@ import runfixtures as R
 from dcp.utils import CorruptFileError, load_torch_file, verify_zip
 
 
-@pytest.fixture(scope="module")
-def run():
-    return R.load_run()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    return R.save_tiny_clip(base / "tiny-clip.pt"), R.make_folder_dataset(base / "data")
-
-
 def coop(clip, data, out, *extra):
     """CoOp, 1 shot (3 images: one step per epoch), 2 epochs: the cheapest trained run."""
     return R.argv("coop", clip, data, out, *extra, shots=1)

@@ -14,19 +14,6 @@ from dcp.methods import build_method
 from dcp.utils import atomic_torch_save
 
 
-@pytest.fixture(scope="module")
-def run():
-    return R.load_run()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    clip = R.save_tiny_clip(base / "tiny-clip.pt")
-    data = R.make_folder_dataset(base / "data")
-    return clip, data
-
-
 def test_training_crop_scale_reaches_the_training_transform(run, tiny, tmp_path, monkeypatch):
     import dcp.engine
     seen = []

@@ -19,12 +19,6 @@ from dcp.methods import build_method
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    return R.save_tiny_clip(base / "tiny-clip.pt"), R.make_folder_dataset(base / "data")
-
-
 def torchrun(args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", str(R.ROOT / "run.py"), *args]

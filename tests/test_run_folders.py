@@ -17,17 +17,6 @@ from dcp.experiment import resolve
 from dcp.rundir import RunFolder, method_tag, run_folder, setting_hash
 
 
-@pytest.fixture(scope="module")
-def run():
-    return R.load_run()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    return R.save_tiny_clip(base / "tiny-clip.pt"), R.make_folder_dataset(base / "data")
-
-
 def coop(clip, data, out, *extra, seeds=("1",)):
     args = R.argv("coop", clip, data, out, *extra, shots=1)
     at = args.index("--seed") + 1

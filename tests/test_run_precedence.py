@@ -11,17 +11,6 @@ import runfixtures as R
 from dcp.config import load_config
 
 
-@pytest.fixture(scope="module")
-def run():
-    return R.load_run()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    return R.save_tiny_clip(base / "tiny-clip.pt"), R.make_folder_dataset(base / "data")
-
-
 COOP = R.CONFIGS / "coop_vitb16.yaml"
 
 

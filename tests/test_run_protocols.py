@@ -12,11 +12,6 @@ FOUR = ("red_thing", "green_thing", "blue_thing", "yellow_thing")
 
 
 @pytest.fixture(scope="module")
-def run():
-    return R.load_run()
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return R.save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip.pt")
 

@@ -8,17 +8,6 @@ import torch
 import runfixtures as R
 
 
-@pytest.fixture(scope="module")
-def run():
-    return R.load_run()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    return R.save_tiny_clip(base / "tiny-clip.pt"), R.make_folder_dataset(base / "data")
-
-
 # DCP `paper` has a running-mean buffer, i.e. state beyond the parameters and the optimiser.
 EPOCHS = ["optim.epochs=3"]
 
