@@ -97,3 +97,18 @@ def metrics(folder: Path) -> dict:
 
 def weights(folder: Path, name: str = "final.pt") -> Dict[str, torch.Tensor]:
     return torch.load(folder / name, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def run_error(run, args, caplog, capsys, short: bool = True) -> str:
+    """`run.main(args)` fails with exit 2 and exactly one error record, no traceback; returns
+    its message. `short`: the message is also one line under 400 characters (a missing
+    dataset folder's message quotes the expected layout on further lines)."""
+    caplog.clear()
+    code = run.main(args)
+    err = capsys.readouterr().err
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert code == 2 and len(errors) == 1, (code, caplog.text)
+    assert "Traceback" not in err and "Traceback" not in caplog.text
+    msg = errors[0].getMessage()
+    assert not short or ("\n" not in msg and len(msg) < 400), msg
+    return msg

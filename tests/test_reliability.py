@@ -51,16 +51,7 @@ def _copy(src_out: Path, dst_out: Path) -> Path:
     return R.run_dir(dst_out, "coop", shots=1)
 
 
-def _error(run, args, caplog, capsys):
-    caplog.clear()
-    code = run.main(args)
-    err = capsys.readouterr().err
-    errors = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert code == 2 and len(errors) == 1, (code, caplog.text)
-    assert "Traceback" not in err and "Traceback" not in caplog.text
-    msg = errors[0].getMessage()
-    assert "\n" not in msg and len(msg) < 400, msg
-    return msg
+_error = R.run_error
 
 
 def _data_record(path: Path) -> zipfile.ZipInfo:

@@ -90,14 +90,7 @@ def test_several_seeds_and_shots_in_one_call(run, tiny, tmp_path):
 
 
 def _error(run, args, caplog, capsys):
-    caplog.clear()
-    code = run.main(args)
-    err = capsys.readouterr().err
-    errors = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert code == 2 and len(errors) == 1, (code, caplog.text)
-    assert "Traceback" not in err and "Traceback" not in caplog.text
-    return errors[0].getMessage()
-
+    return R.run_error(run, args, caplog, capsys, short=False)
 
 def test_bad_input_fails_with_one_clear_line(run, tiny, tmp_path, caplog, capsys):
     clip, data = tiny
