@@ -92,6 +92,7 @@ def test_several_seeds_and_shots_in_one_call(run, tiny, tmp_path):
 def _error(run, args, caplog, capsys):
     return R.run_error(run, args, caplog, capsys, short=False)
 
+
 def test_bad_input_fails_with_one_clear_line(run, tiny, tmp_path, caplog, capsys):
     clip, data = tiny
     base = R.argv("coop", clip, data, tmp_path)
