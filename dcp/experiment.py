@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from .clip.model import convert_weights
 from .config import Config, ConfigError, config_text
 from .data import (DatasetError, DatasetSplits, build_dataset, check_images, detect_dataset,
                    fewshot, subsample_classes)
+from .data.fewshot import recorded_info
+from .data.loader import steps_per_epoch
 from .engine import Context, fit, predict, seed_everything, setup_context, teardown_context
 from .methods import build_method
 from .prompting import duplicate_classnames, prompt_classname
@@ -298,10 +299,8 @@ def _train(setting: Setting, model, cfg: Config, opts: RunOptions, folder: RunFo
     """Train (or resume, or pick up a finished training); returns (history, few-shot info)."""
     if status == "trained":
         log.info("training already finished (%s): evaluating", folder.final)
-        record = folder.path / folder.FEWSHOT
-        info = ({k: v for k, v in json.loads(record.read_text()).items()
-                 if k in ("shots", "seed", "mode", "source")} if record.is_file() else None)
-        return load_weights(model, folder.final, cfg.method.name)["history"], info
+        return (load_weights(model, folder.final, cfg.method.name)["history"],
+                recorded_info(folder.fewshot))
     draw = None
     for rank_turn in (True, False):        # rank 0 records the draw first; the others repeat it
         if setting.ctx.main == rank_turn:
@@ -424,7 +423,7 @@ def describe(setting: Setting) -> str:
         if setting.trainable:
             draw = setting.draw(run)
             epochs = run.optim.epochs_for(run.data.shots)
-            steps = max(len(draw.train) // run.optim.batch_size, 1)
+            steps = steps_per_epoch(len(draw.train), run.optim.batch_size)
             line += (f"; {len(draw.train)} training images ({draw.fewshot_info['mode']} "
                      f"few-shot draw)" if draw.fewshot_info else f"; {len(draw.train)} training images")
             line += (f", {epochs} epochs ({run.optim.epochs_reason(run.data.shots)}) x {steps} "

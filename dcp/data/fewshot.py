@@ -256,6 +256,20 @@ def save_fewshot(draw: DatasetSplits, path) -> None:
     log.info("few-shot draw recorded in %s", path)
 
 
+def recorded_info(path) -> Optional[dict]:
+    """The `fewshot_info` (shots, seed, mode, source) of a record, or None if there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read few-shot record {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{path}: not a few-shot record ({FORMAT})")
+    return {k: doc.get(k) for k in ("shots", "seed", "mode", "source")}
+
+
 def load_fewshot(path, image_dir: Optional[str] = None) -> dict:
     """Read a record of `save_fewshot`: its fields, with `train`/`val` as lists of `Datum`.
 

@@ -78,6 +78,11 @@ class SeededImages(Dataset):
             return self.base[i]
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Training steps of an epoch over `n` images: full global batches, at least one (Dassl)."""
+    return max(n // batch_size, 1)
+
+
 class TrainBatches(Sampler[List[Tuple[int, int]]]):
     """This process's slice of the shuffled global batches of one epoch.
 
@@ -94,7 +99,7 @@ class TrainBatches(Sampler[List[Tuple[int, int]]]):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
 
     def __len__(self) -> int:
-        return max(self.n // self.batch_size, 1)
+        return steps_per_epoch(self.n, self.batch_size)
 
     def set_epoch(self, seed: int) -> None:
         self.seed = seed
