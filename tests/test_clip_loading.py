@@ -312,7 +312,7 @@ def test_download_verifies_writes_and_reuses(fake_model, tmp_path, monkeypatch, 
 
 def test_default_cache_is_openais(monkeypatch):
     monkeypatch.delenv("DCP_CLIP_CACHE", raising=False)
-    assert loading.cache_dir() == loading.Path("~/.cache/clip").expanduser()
+    assert loading.checkpoint_path("ViT-B/16") == loading.Path("~/.cache/clip/ViT-B-16.pt").expanduser()
     assert loading.checkpoint_path("ViT-B/16").name == "ViT-B-16.pt"
 
 

@@ -1,9 +1,5 @@
-"""OpenAI-compatible CLIP: the model (`model.py`), its tokenizer and checkpoint loading.
-
-    from dcp import clip
-    model, preprocess = clip.load("ViT-B/16", device="cpu")      # frozen, eval mode
-    f_txt = model.encode_text(clip.tokenize(["a photo of a dog."]))   # (1, 512)
-"""
+"""OpenAI-compatible CLIP: the model (`model.py`), its tokenizer and checkpoint loading:
+`model, preprocess = clip.load("ViT-B/16")`, `tokens = clip.tokenize(["a photo of a dog."])`."""
 from dcp.clip.loading import (CLIP_MEAN, CLIP_STD, CheckpointError, available_models,
                               image_transform, load, read_state_dict)
 from dcp.clip.model import CLIP, build_model

@@ -1,20 +1,12 @@
-"""Load OpenAI CLIP: by name (downloaded once, SHA-256 checked, cached) or from a local file.
+"""Load OpenAI CLIP by name (downloaded once, SHA-256 checked, cached) or from a local file:
+OpenAI's TorchScript archive or a plain state dict, both read without running code from them.
 
     model, preprocess = load("ViT-B/16")             # or load("/data/ViT-B-16.pt")
     images = torch.stack([preprocess(im) for im in pil_images])   # (B, 3, R, R)
-
-Files are read without running code from them. Two formats are accepted:
-- OpenAI's published TorchScript archive (a zip: `<archive>/data.pkl`, `<archive>/data/<n>`,
-  `<archive>/code/...`, `<archive>/constants.pkl`): `data.pkl` is read by a restricted
-  unpickler that builds only tensors and inert module records, never a class of the file's
-  choosing; the module tree then gives the state dict, as `torch.jit.load(f).state_dict()` would.
-- A plain state dict, `torch.save(model.state_dict())` (also `{"state_dict": ...}`, with or
-  without DataParallel's `module.` prefix), read with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
 import collections
-import hashlib
 import http.client
 import io
 import logging
@@ -50,7 +42,8 @@ MODELS: Dict[str, str] = {
     "ViT-B/32": f"{_BASE_URL}/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
     "ViT-B/16": f"{_BASE_URL}/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
     "ViT-L/14": f"{_BASE_URL}/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-    "ViT-L/14@336px": f"{_BASE_URL}/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+    "ViT-L/14@336px":
+        f"{_BASE_URL}/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
 }
 
 CACHE_ENV = "DCP_CLIP_CACHE"
@@ -66,16 +59,11 @@ def available_models() -> List[str]:
     return list(MODELS)
 
 
-def cache_dir(download_root: Union[str, Path, None] = None) -> Path:
-    """Where downloaded checkpoints live: `download_root`, else $DCP_CLIP_CACHE, else
-    ~/.cache/clip (the folder OpenAI's `clip` package uses, so its downloads are found)."""
-    root = download_root or os.environ.get(CACHE_ENV) or "~/.cache/clip"
-    return Path(root).expanduser()
-
-
 def checkpoint_path(name: str, download_root: Union[str, Path, None] = None) -> Path:
-    """The cache file of model `name`, named as OpenAI's package names it (e.g. ViT-B-16.pt)."""
-    return cache_dir(download_root) / MODELS[name].rsplit("/", 1)[1]
+    """The cache file of model `name` (e.g. ViT-B-16.pt) in `download_root`, else $DCP_CLIP_CACHE,
+    else ~/.cache/clip: the folder and file names of OpenAI's package, so its downloads are found."""
+    root = download_root or os.environ.get(CACHE_ENV) or "~/.cache/clip"
+    return Path(root).expanduser() / MODELS[name].rsplit("/", 1)[1]
 
 
 def download(name: str, download_root: Union[str, Path, None] = None) -> Path:
@@ -97,31 +85,23 @@ def download(name: str, download_root: Union[str, Path, None] = None) -> Path:
     else:
         log.info("downloading CLIP %s from %s to %s", name, url, target)
     try:
-        _fetch(url, target, expected)
+        with urlopen(url, timeout=60) as source, atomic_path(target) as tmp:
+            size = int(source.headers.get("Content-Length") or 0)
+            chunks = iter(lambda: source.read(_CHUNK), b"")
+            with open(tmp, "wb") as out:
+                out.writelines(Progress(chunks, desc=f"downloading {target.name}",
+                                        total=math.ceil(size / _CHUNK) or None, unit="MiB"))
+            actual = sha256_file(tmp)
+            if actual != expected:
+                raise CheckpointError(f"downloaded {url}, but its SHA-256 is {actual}, "
+                                      f"expected {expected}; the transfer was corrupted, "
+                                      f"try again (nothing was written to {target})")
     except (OSError, http.client.HTTPException) as e:
         raise CheckpointError(
             f"CLIP checkpoint {name}: {target} {problem}, and downloading {url} failed ({e}). "
-            f"Fetch that file on a machine with internet access and put it at {target} "
-            f"(the folder can be set with ${CACHE_ENV} or download_root), or pass a local "
-            f"checkpoint file instead of the model name (--clip PATH)") from e
+            f"Fetch that file by hand and put it there (the folder is set by ${CACHE_ENV} or "
+            "download_root), or pass a checkpoint file instead of the model name (--clip PATH)") from e
     return target
-
-
-def _fetch(url: str, target: Path, expected_sha256: str) -> None:
-    """Stream `url` into `target` atomically; raises CheckpointError if the checksum differs."""
-    with urlopen(url, timeout=60) as source, atomic_path(target) as tmp:
-        size = int(source.headers.get("Content-Length") or 0)
-        chunks = iter(lambda: source.read(_CHUNK), b"")
-        h = hashlib.sha256()
-        with open(tmp, "wb") as out:
-            for chunk in Progress(chunks, desc=f"downloading {target.name}",
-                                  total=math.ceil(size / _CHUNK) if size else None, unit="MiB"):
-                out.write(chunk)
-                h.update(chunk)
-        if h.hexdigest() != expected_sha256:
-            raise CheckpointError(f"downloaded {url}, but its SHA-256 is {h.hexdigest()}, "
-                                  f"expected {expected_sha256}; the transfer was corrupted, "
-                                  f"try again (nothing was written to {target})")
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -137,21 +117,11 @@ _JIT_PICKLE_HELPERS = {"build_intlist", "build_doublelist", "build_boollist",
                        "build_tensorlist", "restore_type_tag"}
 
 
-class _RefusedGlobal(pickle.UnpicklingError):
-    """data.pkl names a global outside the allow-list (the file wants code run)."""
-
-
 class _ScriptRecord:
-    """Inert stand-in for a pickled TorchScript object: its class name and attribute dict."""
-
-    qualname = ""
+    """Inert stand-in for a pickled TorchScript object: `qualname` (its class) and `attrs`."""
 
     def __setstate__(self, state: Any) -> None:
         self.attrs = state if isinstance(state, dict) else {}
-
-
-def _first_argument(value: Any, *_: Any) -> Any:
-    return value
 
 
 class _TorchScriptUnpickler(pickle.Unpickler):
@@ -162,14 +132,10 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(zf.read(f"{prefix}/data.pkl")))
         self.zf, self.prefix = zf, prefix
         self.storages: Dict[str, torch.Tensor] = {}
-        self.record_classes: Dict[str, type] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
-            qualname = f"{module}.{name}"
-            if qualname not in self.record_classes:
-                self.record_classes[qualname] = type(name, (_ScriptRecord,), {"qualname": qualname})
-            return self.record_classes[qualname]
+            return type(name, (_ScriptRecord,), {"qualname": f"{module}.{name}"})
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return self.rebuild_tensor
         if (module, name) == ("collections", "OrderedDict"):
@@ -179,8 +145,10 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         if module == "torch.jit._pickle" and name in _JIT_PICKLE_HELPERS:
-            return _first_argument
-        raise _RefusedGlobal(f"{module}.{name}")
+            return lambda value, *_: value
+        raise CheckpointError(f"refused: data.pkl references {module}.{name}, which a "
+                              "TorchScript CLIP archive never holds (only modules, tensors and "
+                              "plain values); nothing from the file was run")
 
     def persistent_load(self, pid: Any) -> torch.Tensor:
         """('storage', dtype, key, location, numel) -> the storage as a flat tensor (CPU)."""
@@ -200,8 +168,7 @@ class _TorchScriptUnpickler(pickle.Unpickler):
 
     @staticmethod
     def rebuild_tensor(flat: torch.Tensor, offset: int, size: Tuple[int, ...],
-                       stride: Tuple[int, ...], requires_grad: bool = False,
-                       backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+                       stride: Tuple[int, ...], *_: Any) -> torch.Tensor:
         if all(n > 0 for n in size):
             last = offset + sum((n - 1) * s for n, s in zip(size, stride))
             if offset < 0 or last >= flat.numel():
@@ -220,23 +187,15 @@ def _module_layouts(zf: zipfile.ZipFile, prefix: str) -> Dict[str, Tuple[List[st
     files (`__parameters__ = [...]`, `__buffers__ = [...]`), read as text."""
     layouts = {}
     code_dir = f"{prefix}/code/"
-    for entry in zf.namelist():
-        if not (entry.startswith(code_dir) and entry.endswith(".py")):
-            continue
+    for entry in [n for n in zf.namelist() if n.startswith(code_dir) and n.endswith(".py")]:
         module = entry[len(code_dir):-3].replace("/", ".")
-        text = zf.read(entry).decode("utf-8")
-        heads = list(_CLASS.finditer(text))
-        for i, head in enumerate(heads):
-            if head.group(2) != "Module":
-                continue
-            body = text[head.end():heads[i + 1].start() if i + 1 < len(heads) else len(text)]
-            found = {}
-            for line in body.splitlines():
-                key, _, value = line.strip().partition(" = ")
-                if key in ("__parameters__", "__buffers__") and key not in found:
-                    found[key] = _NAMES.findall(value)
-            layouts[f"{module}.{head.group(1)}"] = (found.get("__parameters__", []),
-                                                      found.get("__buffers__"))
+        parts = _CLASS.split(zf.read(entry).decode("utf-8"))   # [head, name, base, body, ...]
+        for name, base, body in zip(parts[1::3], parts[2::3], parts[3::3]):
+            if base == "Module":
+                params = re.search(r"^\s*__parameters__ = (.*)", body, re.M)
+                buffers = re.search(r"^\s*__buffers__ = (.*)", body, re.M)
+                layouts[f"{module}.{name}"] = (_NAMES.findall(params[1]) if params else [],
+                                               _NAMES.findall(buffers[1]) if buffers else None)
     return layouts
 
 
@@ -257,9 +216,15 @@ def _collect_state(record: _ScriptRecord, layouts: Dict, prefix: str,
             _collect_state(value, layouts, f"{prefix}{name}.", out)
 
 
-def _archive_prefix(zf: zipfile.ZipFile) -> Optional[str]:
-    tops = [n[:-len("/data.pkl")] for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-    return tops[0] if len(tops) == 1 else None
+def _torchscript_prefix(zf: zipfile.ZipFile) -> Optional[str]:
+    """`<archive>` if the zip holds one `<archive>/data.pkl` and TorchScript's `constants.pkl`
+    or `code/` beside it (torch.save's zips have neither), else None."""
+    names = zf.namelist()
+    tops = [n[:-len("/data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(tops) == 1 and (f"{tops[0]}/constants.pkl" in names
+                           or any(n.startswith(f"{tops[0]}/code/") for n in names)):
+        return tops[0]
+    return None
 
 
 def read_torchscript_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
@@ -267,9 +232,9 @@ def read_torchscript_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tenso
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
-            prefix = _archive_prefix(zf)
+            prefix = _torchscript_prefix(zf)
             if prefix is None:
-                raise CheckpointError("no single `<archive>/data.pkl` record")
+                raise CheckpointError("not a TorchScript archive (no single `<archive>/data.pkl`)")
             byteorder = f"{prefix}/byteorder"
             if byteorder in zf.namelist() and zf.read(byteorder).strip() != b"little":
                 raise CheckpointError("big-endian archives are not supported")
@@ -280,29 +245,12 @@ def read_torchscript_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tenso
             state: Dict[str, torch.Tensor] = collections.OrderedDict()
             _collect_state(root, layouts, "", state)
     except CheckpointError as e:
-        raise CheckpointError(f"{path}: not a readable TorchScript archive: {e}") from e
-    except _RefusedGlobal as e:
-        raise CheckpointError(
-            f"{path}: refused: data.pkl references {e}, which a TorchScript CLIP archive never "
-            f"holds (only modules, tensors and plain values); nothing from the file was run") from e
+        raise CheckpointError(f"{path}: {e}") from e
     except Exception as e:  # zip, zlib, pickle or tensor errors: the file is damaged
         raise CheckpointError(
             f"{path}: cannot read this TorchScript archive ({type(e).__name__}: {e}); the file "
             f"is corrupt or truncated: delete it and download it again") from e
     return state
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as zf:
-            prefix = _archive_prefix(zf)
-            names = zf.namelist()
-    except zipfile.BadZipFile:
-        return False
-    return prefix is not None and (f"{prefix}/constants.pkl" in names
-                                   or any(n.startswith(f"{prefix}/code/") for n in names))
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
@@ -316,8 +264,9 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             verify_zip(path)        # CRCs and size: torch.load itself checks neither
         except CorruptFileError as e:
             raise CheckpointError(str(e)) from None
-    if _is_torchscript(path):
-        return read_torchscript_state_dict(path)
+        with zipfile.ZipFile(path) as zf:
+            if _torchscript_prefix(zf) is not None:
+                return read_torchscript_state_dict(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -326,10 +275,9 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
                  and not any(w in line for w in ("weights_only", "Weights only", "documentation"))]
         refused = [line for line in lines if "GLOBAL" in line]
         if refused:
-            raise CheckpointError(
-                f"{path}: refused: this pickle needs more than tensors to load ({refused[0]}); "
-                f"checkpoints are read without running code from them. Give OpenAI's "
-                f"TorchScript file or torch.save(model.state_dict())") from e
+            raise CheckpointError(f"{path}: refused: it needs more than tensors to load "
+                                  f"({refused[0]}), and no code is run from a checkpoint. Give "
+                                  "OpenAI's TorchScript file or torch.save(model.state_dict())") from e
         reason = lines[0].split(". ")[0].rstrip(".") if lines else "unreadable"
         raise CheckpointError(
             f"{path}: cannot read it as a TorchScript archive or as a state dict saved with "
@@ -337,13 +285,12 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             f"another kind: delete it and download it again") from e
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
+    expected = "expected a state dict (parameter name -> tensor) or {'state_dict': ...}"
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path}: expected a state dict (parameter name -> tensor) or "
-                              f"{{'state_dict': ...}}, found {type(obj).__name__}")
+        raise CheckpointError(f"{path}: {expected}, found {type(obj).__name__}")
     bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if bad:
-        raise CheckpointError(f"{path}: entry {bad[0]!r} is not a tensor; expected a state dict "
-                              f"(parameter name -> tensor) or {{'state_dict': ...}}")
+        raise CheckpointError(f"{path}: entry {bad[0]!r} is not a tensor; {expected}")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj)
@@ -356,10 +303,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def image_transform(resolution: int) -> Callable[[Image.Image], torch.Tensor]:
-    """CLIP's preprocessing: PIL image -> (3, resolution, resolution) float tensor.
-
-    RGB, bicubic resize of the short side to `resolution`, centre crop, CLIP mean/std.
-    """
+    """CLIP's preprocessing, PIL image -> (3, resolution, resolution) float tensor: RGB, bicubic
+    resize of the short side to `resolution`, centre crop, CLIP mean/std."""
     return transforms.Compose([
         _to_rgb,
         transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
@@ -372,12 +317,11 @@ def image_transform(resolution: int) -> Callable[[Image.Image], torch.Tensor]:
 def load(name_or_path: Union[str, Path], device: Union[str, torch.device, None] = None,
          download_root: Union[str, Path, None] = None
          ) -> Tuple[CLIP, Callable[[Image.Image], torch.Tensor]]:
-    """A frozen pretrained CLIP and its image preprocessing.
+    """A frozen pretrained CLIP (eval mode, no gradients) and its image preprocessing.
 
     `name_or_path`: a name from `available_models()` (downloaded to the cache if needed),
-    `miniworld` (the tiny CLIP shipped in `dcp/miniworld/`) or a checkpoint file. `device`: default CUDA when available, else CPU. On CPU the weights are
-    fp32; on CUDA OpenAI's fp16 weights stay fp16 (LayerNorm computes in fp32). The model is in
-    eval mode with every parameter's `requires_grad` off.
+    `miniworld` (the tiny CLIP of `dcp/miniworld/`) or a checkpoint file. `device`: default
+    CUDA when available. On CPU the weights are fp32; on CUDA OpenAI's fp16 weights stay fp16.
     """
     device = torch.device(device if device is not None else
                           "cuda" if torch.cuda.is_available() else "cpu")

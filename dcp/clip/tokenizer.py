@@ -3,11 +3,9 @@
     tokens = tokenize(["a photo of a dog.", "a photo of a cat."])   # (2, 77) int64
 
 Each row is `<|startoftext|>` (49406), the BPE ids of the cleaned, lower-cased text,
-`<|endoftext|>` (49407), then zeros. The vocabulary is OpenAI's `bpe_simple_vocab_16e6.txt.gz`
-(shipped in this folder, MIT notice in LICENSE-CLIP.txt).
-
-Id layout (49408 in all): 0-255 the 256 byte symbols, 256-511 the same symbols closing a word
-(suffix `</w>`), 512-49405 the 48894 merges in rank order, then the two special tokens.
+`<|endoftext|>` (49407), then zeros. Ids: 0-255 the byte symbols, 256-511 the same closing a word
+(`</w>`), 512-49405 the merges of OpenAI's `bpe_simple_vocab_16e6.txt.gz` (shipped in this folder,
+MIT notice in LICENSE-CLIP.txt) in rank order, then the two special tokens.
 """
 from __future__ import annotations
 
@@ -35,25 +33,15 @@ _SPACES = regex.compile(r"\s+")
 
 
 def byte_symbols() -> List[str]:
-    """The printable character standing for each byte value 0..255 (index = byte).
-
-    Printable Latin-1 bytes ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the 68 others
-    (controls, space, soft hyphen, ...) get the code points 256, 257, ... in byte order.
-    """
-    printable = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    symbols, n_other = [], 0
-    for b in range(256):
-        if b in printable:
-            symbols.append(chr(b))
-        else:
-            symbols.append(chr(256 + n_other))
-            n_other += 1
-    return symbols
+    """The printable character standing for each byte value 0..255 (index = byte): printable
+    Latin-1 bytes stand for themselves, the 68 others get chr(256), chr(257), ... in byte order."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) if b in printable else chr(256 + others.index(b)) for b in range(256)]
 
 
 def clean(text: str) -> str:
-    """Repair mojibake (ftfy), undo HTML escaping (twice, for double-escaped text), collapse
-    whitespace runs to one space, strip, lower-case."""
+    """Repair mojibake (ftfy), undo HTML escaping twice, collapse whitespace, strip, lower-case."""
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return _SPACES.sub(" ", text).strip().lower()
 
@@ -79,37 +67,28 @@ class Tokenizer:
         self.vocab_size = len(tokens)
         self._piece_ids = lru_cache(maxsize=1 << 18)(self._encode_piece)
 
-    def bpe(self, word: str) -> Tuple[str, ...]:
-        """Merge a word's byte symbols, lowest-ranked adjacent pair first, until no pair merges."""
-        parts = list(word[:-1]) + [word[-1] + END_OF_WORD]
+    def _encode_piece(self, piece: str) -> Tuple[int, ...]:
+        """A special token or a piece -> ids: its UTF-8 bytes as symbols, the lowest-ranked
+        adjacent pair merged first, until no pair merges."""
+        if piece in (SOT, EOT):
+            return (self.token_id[piece],)
+        symbols = [self.byte_symbol[b] for b in piece.encode("utf-8")]
+        parts = symbols[:-1] + [symbols[-1] + END_OF_WORD]
         while len(parts) > 1:
             pairs = [(self.rank.get(p, N_MERGES), p) for p in zip(parts, parts[1:])]
             best_rank, (a, b) = min(pairs)
             if best_rank == N_MERGES:
                 break
-            merged, i = [], 0
-            while i < len(parts):
-                if i + 1 < len(parts) and parts[i] == a and parts[i + 1] == b:
-                    merged.append(a + b)
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        return tuple(parts)
-
-    def _encode_piece(self, piece: str) -> Tuple[int, ...]:
-        if piece in (SOT, EOT):
-            return (self.token_id[piece],)
-        word = "".join(self.byte_symbol[b] for b in piece.encode("utf-8"))
-        return tuple(self.token_id[t] for t in self.bpe(word))
+            i = 0
+            while i < len(parts) - 1:       # merge every (a, b), left to right
+                if (parts[i], parts[i + 1]) == (a, b):
+                    parts[i:i + 2] = [a + b]
+                i += 1
+        return tuple(self.token_id[t] for t in parts)
 
     def encode(self, text: str) -> List[int]:
         """Text -> BPE ids, without the start/end tokens."""
-        ids: List[int] = []
-        for piece in _PIECES.findall(clean(text)):
-            ids.extend(self._piece_ids(piece))
-        return ids
+        return [i for piece in _PIECES.findall(clean(text)) for i in self._piece_ids(piece)]
 
     def decode(self, ids: Union[Iterable[int], torch.Tensor]) -> str:
         """BPE ids -> text; every word is followed by a space, undecodable bytes become U+FFFD."""
