@@ -251,8 +251,7 @@ def _explicit_epochs(out: Dict[str, Any], given: Dict[str, Any]) -> None:
 
 
 def _override(data: Dict[str, Any], text: str):
-    """Set 'a.b=value' in `data`, the value parsed as YAML ('0.1', 'true', '[a, b]');
-    returns ('a.b', value)."""
+    """Set 'a.b=value' in `data` (the value read as YAML: '0.1', 'true', '[a, b]'); -> ('a.b', value)."""
     if "=" not in text:
         raise ConfigError(f"override {short(text)} is not of the form key=value")
     key, raw = text.split("=", 1)

@@ -113,11 +113,11 @@ def atomic_torch_save(obj, path: Union[str, Path]) -> None:
             zf.writestr(f"{folder}/{DIGEST_MEMBER}", digest + "\n")
 
 
-def load_torch_file(path: Union[str, Path], require_digest: bool = False, **kwargs):
+def load_torch_file(path: Union[str, Path], require_digest: bool = False):
     """`torch.load(path, weights_only=True)` after `verify_zip` (CRCs, SHA-256, size)."""
     import torch
     verify_zip(path, require_digest=require_digest)
-    return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class Progress:
