@@ -2,18 +2,8 @@
 
     cfg = load_config("configs/dcp_vitb16.yaml", ["optim.lr=0.002", "method.n_ctx=4"])
 
-Unknown keys and wrong types raise `ConfigError` naming the dotted key. The `method` section
-is typed by the chosen method: its `name` picks the options dataclass the method registered
-(`METHODS.get(name).Options`), so `method.depth` is checked against that method's own fields.
-
-Precedence, lowest first: the `_base_` chain of a file, the file, later `--cfg` files, then
-`key=value` overrides. A source that sets a value explicitly also wins over the value another
-key would derive: `optim.epochs` set without `optim.epochs_by_shots` replaces the per-shots
-table of the sources below it (`DERIVED`). `data.image_size: 0` (the checkpoint's resolution)
-and `method.fusion: ""` (chosen by `method.variant`) are derived only while left at that value.
-
-YAML is read with `yaml.safe_load`'s rules, without aliases (so a small file cannot expand
-into a huge one) and at most `MAX_YAML_BYTES` long.
+The `method` section's class is the options dataclass of the method `method.name` names.
+Precedence, derived values and the YAML rules: docs/design.md, "Configuration".
 """
 from __future__ import annotations
 
@@ -33,7 +23,6 @@ from .registry import METHODS, PROTOCOLS
 log = logging.getLogger(__name__)
 
 MAX_YAML_BYTES = 1 << 20
-DERIVED = {"optim.epochs": ("optim.epochs_by_shots", {})}   # explicit key -> (deriving key, off)
 
 
 def short(value: Any, limit: int = 80) -> str:
@@ -75,7 +64,8 @@ class DataConfig:
     exif_transpose: bool = False  # apply EXIF orientation (Dassl and CLIP do not)
     num_workers: int = 2
     on_bad_image: str = "fail"    # fail | skip
-    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # training RandomResizedCrop area range (Dassl's INPUT.RRCROP_SCALE)
+    # training RandomResizedCrop area range (Dassl's INPUT.RRCROP_SCALE)
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
 
     def validate(self):
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -133,12 +123,9 @@ class EvalConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-PRECISIONS = ("auto", "fp32", "amp", "fp16")
-
-
 @dataclass
 class Config:
-    clip: str = "ViT-B/16"        # model name, "miniworld" (the shipped tiny CLIP), or an OpenAI-format checkpoint
+    clip: str = "ViT-B/16"        # model name, "miniworld" (the shipped tiny CLIP) or an OpenAI-format file
     method: MethodOptions = field(default_factory=MethodOptions)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -146,11 +133,11 @@ class Config:
     seed: int = 1
     output: str = ""              # output root; "" = ./output
     precision: str = "auto"       # auto | fp32 | amp | fp16
-    protocol: str = "fewshot"     # a registered protocol: fewshot | base2novel | cross_dataset | domain_generalization
+    protocol: str = "fewshot"     # registered: fewshot | base2novel | cross_dataset | domain_generalization
 
     def validate(self):
         _choice("protocol", self.protocol, PROTOCOLS.names())
-        _choice("precision", self.precision, PRECISIONS)
+        _choice("precision", self.precision, ("auto", "fp32", "amp", "fp16"))
 
 
 def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
@@ -158,49 +145,40 @@ def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
         raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {short(value)}")
 
 
-# --------------------------------------------------------------------------- machinery
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+# --------------------------------------------------------------------------- typing
+SCALARS = {bool: ((bool,), "true/false"), int: ((int,), "an integer"),
+           float: ((int, float), "a number"), str: ((str,), "a string")}
 
 
 def _coerce(value: Any, tp, key: str):
-    """Check/convert `value` to type `tp`; raise ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
+    """`value` checked against the declared type `tp` (bool, int, float, str, Any, List, Dict,
+    Optional or a dataclass); an int becomes a float where a float is declared."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
-    if origin is Union:
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        for a in typing.get_args(tp):
-            try:
-                return _coerce(value, a, key) if a is not type(None) else None
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {short(value)}")
-    if origin in (list, List, tuple, Sequence):
+    if origin is Union and len(args) == 2 and type(None) in args:        # Optional[X]
+        inner = next(a for a in args if a is not type(None))
+        return None if value is None else _coerce(value, inner, key)
+    if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {short(value)}")
-        (inner,) = typing.get_args(tp)[:1] or (Any,)
-        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if origin in (dict, Dict) or is_dataclass(tp):
+        return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {short(value)}")
         return from_dict(tp, value, key) if is_dataclass(tp) else dict(value)
-    expected = {bool: ((bool,), "true/false"), int: ((int,), "an integer"),
-                float: ((int, float), "a number"), str: ((str,), "a string")}
-    if tp not in expected:
-        raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
-    types, what = expected[tp]
+    if tp not in SCALARS:
+        raise ConfigError(f"{key}: unsupported type {tp}")
+    types, what = SCALARS[tp]
     if not isinstance(value, types) or (isinstance(value, bool) and tp is not bool):
         raise ConfigError(f"{key}: expected {what}, got {short(value)}")
     return float(value) if tp is float else value
 
 
 def from_dict(cls, data: Dict[str, Any], prefix: str = ""):
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types name the key."""
+    """Dataclass `cls` from a mapping, then its `validate()`; a bad key or value names the key."""
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls) if f.init}
+    known = [f.name for f in fields(cls) if f.init]
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
@@ -208,10 +186,9 @@ def from_dict(cls, data: Dict[str, Any], prefix: str = ""):
             raise ConfigError(f"unknown key {short(key)}; valid keys here: {', '.join(sorted(known))}")
         kwargs[k] = _coerce(v, hints[k], key)
     obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if callable(check):
+    if hasattr(obj, "validate"):
         try:
-            check()
+            obj.validate()
         except ValueError as e:     # a message that starts with a field name names its key
             head = re.split(r"[\s=:(]", str(e), maxsplit=1)[0]
             sep = "." if prefix and head in known else ": "
@@ -224,13 +201,6 @@ def to_dict(obj) -> Dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def method_options_class(name: str):
-    if name not in METHODS:
-        raise ConfigError(f"method.name: unknown method {short(name)}; registered: "
-                          f"{', '.join(METHODS.names())}")
-    return METHODS.get(name).Options
-
-
 def config_from_dict(data: Dict[str, Any]) -> Config:
     """The top-level Config, with the `method` section typed by the method's name."""
     data = dict(data or {})
@@ -239,88 +209,68 @@ def config_from_dict(data: Dict[str, Any]) -> Config:
         raise ConfigError(f"method: expected a mapping, got {short(method)}")
     cfg = from_dict(Config, data)
     name = method.get("name", cfg.method.name)
-    if not isinstance(name, str):
-        raise ConfigError(f"method.name: expected a string, got {short(name)}")
-    cfg.method = from_dict(method_options_class(name), {**method, "name": name}, "method")
+    if not isinstance(name, str) or name not in METHODS:
+        raise ConfigError(f"method.name: unknown method {short(name)}; registered: "
+                          f"{', '.join(METHODS.names())}")
+    cfg.method = from_dict(METHODS.get(name).Options, {**method, "name": name}, "method")
     return cfg
 
 
-def parse_override(text: str):
-    """'a.b=value' -> (['a', 'b'], value), the value parsed as YAML ('0.1', 'true', '[a, b]')."""
+# --------------------------------------------------------------------------- sources
+def _merge(a: Dict[str, Any], b: Dict[str, Any], top: bool = True) -> Dict[str, Any]:
+    """`b` (a later file) over `a`, sections merged key by key; an explicit value wins."""
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, top=False)
+        elif not (isinstance(out.get(k), dict) and v is None):   # "method:" alone changes nothing
+            out[k] = v
+    if top:
+        _explicit_epochs(out, _flat(b))
+    return out
+
+
+def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested mappings as {dotted key: value}, sections included."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        out[f"{prefix}{k}"] = v
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def _explicit_epochs(out: Dict[str, Any], given: Dict[str, Any]) -> None:
+    """`optim.epochs` that a later source gives ({dotted key: value}) without
+    `optim.epochs_by_shots` switches off the table of the sources before it."""
+    table = out["optim"].get("epochs_by_shots") if isinstance(out.get("optim"), dict) else None
+    if "optim.epochs" in given and "optim.epochs_by_shots" not in given and table:
+        log.info("optim.epochs=%s given explicitly: optim.epochs_by_shots (%s) is not used",
+                 short(given["optim.epochs"]), short(table))
+        out["optim"]["epochs_by_shots"] = {}
+
+
+def _override(data: Dict[str, Any], text: str):
+    """Set 'a.b=value' in `data` (the value read as YAML: '0.1', 'true', '[a, b]'); -> ('a.b', value)."""
     if "=" not in text:
         raise ConfigError(f"override {short(text)} is not of the form key=value")
     key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
+    path = key.strip().split(".")
+    if not all(path):
         raise ConfigError(f"override {short(text)} has an empty key")
     try:
-        value = _yaml(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_NoAliasLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.split("."), value
-
-
-def _get(d: Dict[str, Any], key: str, default: Any = None) -> Any:
-    for part in key.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return default
-        d = d[part]
-    return d
-
-
-def _set(data: Dict[str, Any], path: Sequence[str], value: Any, what: str) -> None:
     node = data
     for i, part in enumerate(path[:-1]):
         if node.get(part) is None:
             node[part] = {}
         node = node[part]
         if not isinstance(node, dict):
-            raise ConfigError(f"{what}: {'.'.join(path[:i + 1])} is not a section")
+            raise ConfigError(f"override {short(text)}: {'.'.join(path[:i + 1])} is not a section")
     node[path[-1]] = value
-
-
-def _explicit_wins(out: Dict[str, Any], given: Dict[str, Any]) -> None:
-    """Switch off a derivation (DERIVED) that `given` overrides with an explicit value."""
-    for key, (deriving, off) in DERIVED.items():
-        if key in given and deriving not in given and _get(out, deriving):
-            log.info("%s=%s given explicitly: %s (%s) is not used", key, short(given[key]),
-                     deriving, short(_get(out, deriving)))
-            _set(out, deriving.split("."), off, deriving)
-
-
-def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out[key] = v
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-    return out
-
-
-def _merge(a: Dict[str, Any], b: Dict[str, Any], top: bool = True) -> Dict[str, Any]:
-    """`b` (a later file) over `a`, sections merged key by key; see DERIVED."""
-    out = {k: _merge(v, {}, False) if isinstance(v, dict) else v for k, v in a.items()}
-    for k, v in b.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v, False)
-        elif not (isinstance(out.get(k), dict) and v is None):   # "method:" alone changes nothing
-            out[k] = v
-    if top:
-        _explicit_wins(out, _flat(b))
-    return out
-
-
-def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """`key=value` overrides over a config mapping: each replaces its key's value."""
-    out = _merge(data, {})
-    given: Dict[str, Any] = {}
-    for text in overrides:
-        path, value = parse_override(text)
-        _set(out, path, value, f"override {short(text)}")
-        given[".".join(path)] = value
-    _explicit_wins(out, given)
-    return out
+    return ".".join(path), value
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -344,30 +294,23 @@ for _cls in (_NoAliasLoader, _Dumper):
         list("-+0123456789"))
 
 
-def _yaml(text: str):
-    return yaml.load(text, Loader=_NoAliasLoader)
-
-
 def read_yaml(path: Union[str, Path], _seen: Sequence[Path] = ()) -> Dict[str, Any]:
+    """A config file as a mapping, its `_base_` chain (relative to the file) merged under it."""
     path = Path(path)
     try:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        if path.stat().st_size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config file is at most "
-                              f"{MAX_YAML_BYTES} bytes")
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {size} bytes; a config file is at most {MAX_YAML_BYTES} bytes")
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader) or {}
     except OSError as e:            # unreadable, or a name too long
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e)[:300]}") from None
-    try:
-        data = _yaml(text) or {}
-    except yaml.YAMLError as e:
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e)[:300]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    base = data.pop("_base_", None)           # `_base_: other.yaml` (relative to this file)
+    base = data.pop("_base_", None)
     if base:
         parent = (path.parent / str(base)).resolve()
         if parent in _seen:
@@ -378,12 +321,18 @@ def read_yaml(path: Union[str, Path], _seen: Sequence[Path] = ()) -> Dict[str, A
 
 def load_config(path: Optional[Union[str, Path, Sequence[Union[str, Path]]]] = None,
                 overrides: Sequence[str] = ()) -> Config:
-    """Config from one YAML file or several (merged in order, later keys win) plus overrides."""
+    """Config from one YAML file or several (merged in order, later keys win) plus `key=value`
+    overrides, each replacing its key's value."""
     paths = [path] if isinstance(path, (str, Path)) else list(path or [])
     data: Dict[str, Any] = {}
     for p in paths:
         data = _merge(data, read_yaml(p))
-    return config_from_dict(apply_overrides(data, overrides))
+    given: Dict[str, Any] = {}
+    for text in overrides:
+        key, value = _override(data, text)
+        given[key] = value
+    _explicit_epochs(data, given)
+    return config_from_dict(data)
 
 
 def config_text(cfg: Config) -> str:

@@ -1,16 +1,7 @@
-"""Name -> class registries, filled by decorators, and the plugin loader.
-
-    @FUSIONS.register("cmpa")
-    class CMPA(StateFusion): ...
-
-    FUSIONS.get("cmpa")  # -> CMPA; an unknown name lists the registered ones
-
-A registry imports its built-in modules (named as strings) on first use, so this module
-imports nothing of the package and no import cycle runs through it. `load_plugins` imports
-fusion modules from outside the package: `./plugins/*.py`, the `plugins/` folder of the
-checkout this package sits in, files given with `--plugin`, and the entry points of the group
-`dcp.fusions` (how a separate pip package adds one). See docs/design.md, "Extending".
-"""
+"""Name -> class registries filled by decorators (`@FUSIONS.register("cmpa")` on a class;
+`FUSIONS.get("cmpa")`), and the plugin loader (docs/design.md, "Extending"). A registry imports
+its built-in modules (named as strings) on first use, so this module imports nothing of the
+package and no import cycle runs through it."""
 from __future__ import annotations
 
 import importlib
@@ -19,13 +10,11 @@ import importlib.util
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, TypeVar
+from typing import Iterable, List, Optional, Sequence
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 CHECKOUT_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"   # in a source checkout
-ENTRY_POINT_GROUP = "dcp.fusions"
 
 
 class Registry:
@@ -34,10 +23,10 @@ class Registry:
     def __init__(self, kind: str, builtins: Sequence[str] = ()):
         self.kind = kind
         self.builtins = list(builtins)
-        self._items: Dict[str, object] = {}
+        self._items = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        def add(obj: T) -> T:
+    def register(self, name: str):
+        def add(obj):
             if name in self._items and self._items[name] is not obj:
                 raise KeyError(f"{self.kind} {name!r} is already registered "
                                f"(by {self._items[name]!r})")
@@ -45,13 +34,8 @@ class Registry:
             return obj
         return add
 
-    def _load_builtins(self) -> None:
-        while self.builtins:
-            importlib.import_module(self.builtins.pop(0))
-
     def get(self, name: str):
-        self._load_builtins()
-        if name not in self._items:
+        if name not in self:
             raise KeyError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}")
         return self._items[name]
 
@@ -63,22 +47,23 @@ class Registry:
         self._load_builtins()
         return name in self._items
 
+    def _load_builtins(self) -> None:
+        while self.builtins:
+            importlib.import_module(self.builtins.pop(0))
+
 
 METHODS = Registry("method", ["dcp.methods"])
 FUSIONS = Registry("fusion module", ["dcp.fusion"])
 DATASETS = Registry("dataset", ["dcp.data.datasets", "dcp.miniworld.data"])
 PROTOCOLS = Registry("protocol", ["dcp.protocols"])
 
-_loaded: set = set()
+_loaded: set = set()        # plugin files and entry points imported so far
 
 
 def plugin_dirs() -> List[Path]:
     """`./plugins` and the checkout's `plugins/` (when the package runs from a checkout)."""
-    dirs = []
-    for d in (Path.cwd() / "plugins", CHECKOUT_PLUGINS):
-        if d.is_dir() and d.resolve() not in dirs:
-            dirs.append(d.resolve())
-    return dirs
+    return list(dict.fromkeys(d.resolve() for d in (Path.cwd() / "plugins", CHECKOUT_PLUGINS)
+                              if d.is_dir()))
 
 
 def load_plugins(extra: Iterable[str] = (), dirs: Optional[Sequence[Path]] = None,
@@ -94,25 +79,20 @@ def load_plugins(extra: Iterable[str] = (), dirs: Optional[Sequence[Path]] = Non
         if not Path(p).is_file():
             raise FileNotFoundError(f"plugin file not found: {p}")
         files.append(Path(p))
-    done = [str(path) for path in map(Path.resolve, files) if _import_file(path)]
-    if entry_points:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if f"entry point {ep.value}" not in _loaded:
-                ep.load()
-                _loaded.add(f"entry point {ep.value}")
-                done.append(f"entry point {ep.name} = {ep.value}")
+    done = []
+    for path in map(Path.resolve, files):
+        if path not in _loaded:
+            name = f"dcp_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            sys.modules[name] = module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            _loaded.add(path)
+            done.append(str(path))
+    for ep in importlib.metadata.entry_points(group="dcp.fusions") if entry_points else ():
+        if f"entry point {ep.value}" not in _loaded:
+            ep.load()
+            _loaded.add(f"entry point {ep.value}")
+            done.append(f"entry point {ep.name} = {ep.value}")
     for item in done:
         log.debug("loaded plugin %s", item)
     return done
-
-
-def _import_file(path: Path) -> bool:
-    if path in _loaded:
-        return False
-    name = f"dcp_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    _loaded.add(path)
-    return True

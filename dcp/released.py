@@ -1,13 +1,9 @@
-"""Load prompts trained with the authors' released code (Dassl checkpoints; the keys read per
-method: docs/methods.md, "Released checkpoints").
+"""Load prompts trained with the authors' released code: Dassl checkpoints, read with
+`torch.load(weights_only=True)` allowing exactly the classes Dassl pickles, fp16 tensors made
+fp32 (the layout and the keys read per method: docs/methods.md, "Released checkpoints").
 
-    model = build_method(cfg.method, clip, classnames)     # e.g. dcp with variant: released
     model.load_released("output/.../MultiModalPromptLearner/model.pth.tar-20")
     model.load_released("output/...")                       # a Dassl output folder works too
-
-Dassl pickles its scheduler, which holds a `CosineAnnealingLR` and the `SGD` optimiser, so
-the file is read with `torch.load(weights_only=True)` and exactly those classes allowed;
-nothing else in it can run. Tensors may be fp16 (the released default); they become fp32.
 """
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ import collections
 import re
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple, Union
+from typing import Dict, List, Union
 
 import torch
 from torch import Tensor
@@ -31,20 +27,40 @@ FOLDERS = {"coop": "prompt_learner", "cocoop": "prompt_learner", "vpt": "prompt_
            "ivlp": "VLPromptLearner", "maple": "MultiModalPromptLearner",
            "dcp": "MultiModalPromptLearner", "mudpt": "MultimodalDeepPromptTuning"}
 
-# A key only one released family has, to say what a file that does not fit actually is.
-SIGNATURES = [("prompt_learner.prompts_text", "DCP (CMPA)"),
-              ("prompt_learner.compound_prompts_text.0", "MaPLe"),
-              ("mudpt_prompt_learner.ctx", "MuDPT"),
-              ("text_encoder.transformer.resblocks.1.VPT_shallow", "IVLP"),
-              ("image_encoder.VPT", "VPT-deep"),
-              ("meta_net.linear1.weight", "CoCoOp"),
-              ("ctx", "CoOp")]
+# Our key <- the released key, per method. A key ending in "." is a linear layer (its weight
+# and bias); "{i}" / "{j}" stack the tensors of blocks i >= 1 / items j >= 0 into one bank.
+VPT_KEYS = [("vision_ctx", "image_encoder.VPT"),
+            ("vision_deep", "image_encoder.transformer.resblocks.{i}.VPT_shallow")]
+KEYS = {
+    "coop": [("ctx", "ctx")],
+    "cocoop": [("ctx", "ctx"), ("meta_net.linear1.", "meta_net.linear1."),
+               ("meta_net.linear2.", "meta_net.linear2.")],
+    "vpt": VPT_KEYS,
+    "ivlp": [("ctx", "prompt_learner.ctx"),
+             ("text_deep", "text_encoder.transformer.resblocks.{i}.VPT_shallow"), *VPT_KEYS],
+    "maple": [("ctx", "prompt_learner.ctx"),          # + the projections (convert)
+              ("text_deep", "prompt_learner.compound_prompts_text.{j}"),
+              ("fusion.proj.0.", "prompt_learner.proj.")],
+    "dcp": [("ctx", "prompt_learner.prompts_text"),      # + the CMPA modules (CMPA_NAMES)
+            ("vision_ctx", "prompt_learner.prompts_visual")],
+    "mudpt": [("ctx", "mudpt_prompt_learner.ctx"), ("text_deep", "mudpt_prompt_learner.deep_prompts"),
+              ("vision_ctx", "image_encoder.visual_ctx"),
+              ("vision_deep", "image_encoder.visual_ctx_deep_prompts"),
+              ("fusion.w_e.", "mudpt_prompt_learner.embed_projection."),
+              ("fusion.w_tv.", "mudpt_prompt_learner.deep_projections."),
+              ("fusion.w_vt.", "image_encoder.visual_ctx_deep_projections.")]}
 
 # DCP's CMPA module names in the released code -> ours (dcp/fusion/cmpa.py).
 CMPA_NAMES = {"promt_attention_visual": "attn_v", "ln_pa_1_visual": "ln_1_v",
               "mlp_pa_visual": "mlp_v", "ln_pa_2_visual": "ln_2_v", "proj_t2v": "t2v",
               "proj_v2t": "v2t", "promt_attention_text": "attn_t", "ln_pa_1_text": "ln_1_t",
               "mlp_pa_text": "mlp_t", "ln_pa_2_text": "ln_2_t"}
+
+# A key only one released family has, to say what a file that does not fit actually is.
+SIGNATURES = [("prompt_learner.prompts_text", "DCP (CMPA)"),
+              ("prompt_learner.compound_prompts_text.0", "MaPLe"), ("mudpt_prompt_learner.ctx", "MuDPT"),
+              ("text_encoder.transformer.resblocks.1.VPT_shallow", "IVLP"),
+              ("image_encoder.VPT", "VPT-deep"), ("meta_net.linear1.weight", "CoCoOp"), ("ctx", "CoOp")]
 
 
 class ReleasedCheckpointError(ValueError):
@@ -60,8 +76,7 @@ def find_checkpoint(path: Union[str, Path], method: str) -> Path:
         raise ReleasedCheckpointError(f"released checkpoint not found: {path}")
     folder = FOLDERS.get(method, "")
     for d in (path, path / folder):
-        files = sorted(d.glob("model.pth.tar-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])
-                       if p.name.rsplit("-", 1)[1].isdigit() else -1)
+        files = sorted(d.glob("model.pth.tar-*"), key=_epoch)
         if files:
             return files[-1]
         if (d / "model-best.pth.tar").is_file():
@@ -69,6 +84,11 @@ def find_checkpoint(path: Union[str, Path], method: str) -> Path:
     raise ReleasedCheckpointError(
         f"no released checkpoint in {path}: expected {path}/{folder}/model.pth.tar-<epoch> "
         f"(Dassl's layout for method {method!r}) or a model.pth.tar-<epoch> file")
+
+
+def _epoch(file: Path) -> int:
+    suffix = file.name.rsplit("-", 1)[1]
+    return int(suffix) if suffix.isdigit() else -1
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
@@ -90,97 +110,62 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
-def _need(sd: Dict[str, Tensor], key: str) -> Tensor:
-    if key not in sd:
-        raise KeyError(key)
-    return sd[key]
-
-
-def _stack(sd: Dict[str, Tensor], pattern: str, first: int) -> List[Tensor]:
-    """Tensors whose key matches `pattern` (one `{}` for an index >= first), by index."""
-    rx = re.compile(re.escape(pattern).replace(r"\{\}", r"(\d+)") + "$")
+def _bank(sd: Dict[str, Tensor], pattern: str) -> List[Tensor]:
+    """The tensors whose key matches `pattern`, by index ("{i}": blocks i >= 1, "{j}": j >= 0)."""
+    index = "{i}" if "{i}" in pattern else "{j}"
+    rx = re.compile(re.escape(pattern).replace(re.escape(index), r"(\d+)") + "$")
     found = sorted((int(m.group(1)), v) for k, v in sd.items() if (m := rx.match(k)))
-    return [v for i, v in found if i >= first]
+    return [v for i, v in found if i >= (1 if index == "{i}" else 0)]
 
 
-def _linear(sd, src: str, dst: str) -> Dict[str, Tensor]:
-    return {f"{dst}.weight": _need(sd, f"{src}.weight"), f"{dst}.bias": _need(sd, f"{src}.bias")}
-
-
-def _bank(ours: Dict[str, Tensor], name: str, deep: List[Tensor]) -> None:
-    if deep:
-        ours[name] = torch.stack(deep)
-
-
-def _coop(sd, model) -> Dict[str, Tensor]:
-    ours = {"ctx": _need(sd, "ctx")}
-    if model.opts.name == "cocoop":
-        ours.update(_linear(sd, "meta_net.linear1", "meta_net.linear1"))
-        ours.update(_linear(sd, "meta_net.linear2", "meta_net.linear2"))
+def convert(model, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """A released state dict -> this model's `trainable_state_dict()` keys."""
+    name = model.opts.name
+    if name not in KEYS:
+        raise ReleasedCheckpointError(f"method {name!r} has no released checkpoint format; "
+                                      f"supported: {', '.join(KEYS)}")
+    if name in ("dcp", "mudpt") and model.opts.variant != "released":
+        raise ReleasedCheckpointError(
+            f"checkpoints of the released {name.upper()} code load into `variant: released` "
+            f"(this model is variant {model.opts.variant!r})")
+    rules = list(KEYS[name])
+    if name == "maple":     # fusion.proj.{j + 1} <- compound_prompt_projections.{j}, j = 0, 1, ...
+        j = 0
+        while f"prompt_learner.compound_prompt_projections.{j}.weight" in sd:
+            rules.append((f"fusion.proj.{j + 1}.", f"prompt_learner.compound_prompt_projections.{j}."))
+            j += 1
+    ours = {}
+    try:
+        for key, theirs in rules:
+            if theirs.endswith("."):
+                for param in ("weight", "bias"):
+                    ours[key + param] = sd[theirs + param]
+            elif "{" in theirs:
+                bank = _bank(sd, theirs)
+                if bank:
+                    ours[key] = torch.stack(bank)
+            else:
+                ours[key] = sd[theirs]
+    except KeyError as e:
+        raise ReleasedCheckpointError(f"the file does not fit method {name!r}: key {e.args[0]!r} "
+                                      f"is missing; {_what_is(sd)}") from None
+    if name == "dcp":
+        ours.update(_cmpa(sd, len(model.fusion.blocks)))
     return ours
 
 
-def _vision_vpt(sd, ours) -> None:
-    ours["vision_ctx"] = _need(sd, "image_encoder.VPT")
-    _bank(ours, "vision_deep", _stack(sd, "image_encoder.transformer.resblocks.{}.VPT_shallow", 1))
-
-
-def _vpt(sd, model):
-    ours: Dict[str, Tensor] = {}
-    _vision_vpt(sd, ours)
-    return ours
-
-
-def _ivlp(sd, model):
-    ours = {"ctx": _need(sd, "prompt_learner.ctx")}
-    _bank(ours, "text_deep", _stack(sd, "text_encoder.transformer.resblocks.{}.VPT_shallow", 1))
-    _vision_vpt(sd, ours)
-    return ours
-
-
-def _maple(sd, model):
-    ours = {"ctx": _need(sd, "prompt_learner.ctx")}
-    _bank(ours, "text_deep", _stack(sd, "prompt_learner.compound_prompts_text.{}", 0))
-    ours.update(_linear(sd, "prompt_learner.proj", "fusion.proj.0"))
-    j = 0
-    while f"prompt_learner.compound_prompt_projections.{j}.weight" in sd:
-        ours.update(_linear(sd, f"prompt_learner.compound_prompt_projections.{j}",
-                            f"fusion.proj.{j + 1}"))
-        j += 1
-    return ours
-
-
-def _dcp(sd, model):
-    ours = {"ctx": _need(sd, "prompt_learner.prompts_text"),
-            "vision_ctx": _need(sd, "prompt_learner.prompts_visual")}
-    blocks = model.fusion.blocks
-    for b in range(len(blocks)):
-        i = 1 + b                       # block b of ours serves transformer block i
-        if len(blocks) == 1:            # shared: the same tensors stand under every index
-            i = min((int(m.group(1)) for k in sd
-                     if (m := re.match(r"encoder\.resblocks\.(\d+)\.prompt_attn\.", k))),
-                    default=1)
-        src = f"encoder.resblocks.{i}.prompt_attn."
+def _cmpa(sd: Dict[str, Tensor], blocks: int) -> Dict[str, Tensor]:
+    """DCP's CMPA modules: block b of ours serves transformer block i = b + 1; one shared block
+    (share: true) reads the lowest block's copy."""
+    lowest = min((int(m.group(1)) for k in sd
+                  if (m := re.match(r"encoder\.resblocks\.(\d+)\.prompt_attn\.", k))), default=1)
+    ours = {}
+    for b in range(blocks):
         for old, new in CMPA_NAMES.items():
-            for k, v in sd.items():
-                if k.startswith(src + old + "."):
-                    ours[f"fusion.blocks.{b}.{new}." + k[len(src + old) + 1:]] = v
+            src = f"encoder.resblocks.{lowest if blocks == 1 else b + 1}.prompt_attn.{old}."
+            ours.update({f"fusion.blocks.{b}.{new}.{k[len(src):]}": v
+                         for k, v in sd.items() if k.startswith(src)})
     return ours
-
-
-def _mudpt(sd, model):
-    ours = {"ctx": _need(sd, "mudpt_prompt_learner.ctx"),
-            "text_deep": _need(sd, "mudpt_prompt_learner.deep_prompts"),
-            "vision_ctx": _need(sd, "image_encoder.visual_ctx"),
-            "vision_deep": _need(sd, "image_encoder.visual_ctx_deep_prompts")}
-    ours.update(_linear(sd, "mudpt_prompt_learner.embed_projection", "fusion.w_e"))
-    ours.update(_linear(sd, "mudpt_prompt_learner.deep_projections", "fusion.w_tv"))
-    ours.update(_linear(sd, "image_encoder.visual_ctx_deep_projections", "fusion.w_vt"))
-    return ours
-
-
-CONVERTERS: Dict[str, Callable] = {"coop": _coop, "cocoop": _coop, "vpt": _vpt, "ivlp": _ivlp,
-                                   "maple": _maple, "dcp": _dcp, "mudpt": _mudpt}
 
 
 def _what_is(sd: Dict[str, Tensor]) -> str:
@@ -188,24 +173,6 @@ def _what_is(sd: Dict[str, Tensor]) -> str:
         if key in sd:
             return f"it looks like a {family} checkpoint"
     return "it matches no released method"
-
-
-def convert(model, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    """A released state dict -> this model's `trainable_state_dict()` keys."""
-    name = model.opts.name
-    if name not in CONVERTERS:
-        raise ReleasedCheckpointError(f"method {name!r} has no released checkpoint format; "
-                                      f"supported: {', '.join(CONVERTERS)}")
-    if name in ("dcp", "mudpt") and model.opts.variant != "released":
-        raise ReleasedCheckpointError(
-            f"checkpoints of the released {name.upper()} code load into `variant: released` "
-            f"(this model is variant {model.opts.variant!r})")
-    try:
-        ours = CONVERTERS[name](sd, model)
-    except KeyError as e:
-        raise ReleasedCheckpointError(f"the file does not fit method {name!r}: key {e.args[0]!r} "
-                                      f"is missing; {_what_is(sd)}") from None
-    return ours
 
 
 def load_released(model, path: Union[str, Path]) -> Path:

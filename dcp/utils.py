@@ -18,11 +18,9 @@ log = logging.getLogger("dcp")
 
 @contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed over `path`.
-
-    A crash leaves the old file (or none), never a half-written one. The file gets the
-    permissions of a normally created file (0666 minus the umask).
-    """
+    """Yield a temporary path beside `path`; on success it is renamed over `path`, so a crash
+    leaves the old file (or none), never a half-written one. The file gets the permissions of
+    a normally created file (0666 minus the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -33,11 +31,16 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600; give the file the usual mode
+        os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def sha256_file(path: Union[str, os.PathLike]) -> str:
@@ -47,11 +50,6 @@ def sha256_file(path: Union[str, os.PathLike]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
 
 
 DIGEST_MEMBER = "dcp-sha256"       # <archive>/dcp-sha256 holds the SHA-256 of every other member
@@ -66,23 +64,18 @@ def _members_digest(zf: zipfile.ZipFile) -> str:
     """SHA-256 over (name, bytes) of every member but the digest; reading checks each CRC."""
     h = hashlib.sha256()
     for info in zf.infolist():
-        if info.filename.endswith("/" + DIGEST_MEMBER):
-            continue
-        h.update(info.filename.encode() + b"\0")
-        with zf.open(info) as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        if not info.filename.endswith("/" + DIGEST_MEMBER):
+            h.update(info.filename.encode() + b"\0")
+            with zf.open(info) as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
     return h.hexdigest()
 
 
 def verify_zip(path: Union[str, Path], require_digest: bool = False) -> None:
-    """Check a zip-format torch file before anything is unpickled from it.
-
-    Refuses a file whose members would expand to more than MAX_EXPANSION times its size, reads
-    every member once (zipfile checks each CRC-32) and, if the file carries `DIGEST_MEMBER`
-    (every file `atomic_torch_save` writes does), compares the SHA-256. `require_digest`: a
-    missing digest is an error too (the run folder's own checkpoints). CorruptFileError else.
-    """
+    """Check a zip-format torch file before anything is unpickled from it, else raise
+    CorruptFileError: its members expand to at most MAX_EXPANSION times its size, every CRC-32
+    holds, and the SHA-256 matches its DIGEST_MEMBER (which `require_digest` requires)."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
@@ -97,8 +90,7 @@ def verify_zip(path: Union[str, Path], require_digest: bool = False) -> None:
             stored = zf.read(record[0]).decode().strip() if record else None
     except CorruptFileError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-            UnicodeDecodeError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
         raise CorruptFileError(f"{path}: damaged file ({type(e).__name__}: {str(e)[:200]}); "
                                "delete it (or restore it) and try again") from None
     if stored is None and require_digest:
@@ -121,84 +113,76 @@ def atomic_torch_save(obj, path: Union[str, Path]) -> None:
             zf.writestr(f"{folder}/{DIGEST_MEMBER}", digest + "\n")
 
 
-def load_torch_file(path: Union[str, Path], require_digest: bool = False, **kwargs):
+def load_torch_file(path: Union[str, Path], require_digest: bool = False):
     """`torch.load(path, weights_only=True)` after `verify_zip` (CRCs, SHA-256, size)."""
     import torch
     verify_zip(path, require_digest=require_digest)
-    return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class Progress:
-    """A progress bar on stderr (a TTY) or periodic log lines (otherwise).
+    """Iterate showing progress: a bar on stderr (a TTY), else a log line every `log_every`
+    seconds and at the end; `set(name=value)` adds values to the line.
 
-        for batch in Progress(loader, desc="epoch 3/20", total=len(loader)):
-            ...; bar.set(loss=0.31, lr=0.002)
+        bar = Progress(loader, desc="epoch 3/20")
+        for batch in bar:
+            bar.set(loss=0.31, lr=0.002)
     """
 
     def __init__(self, iterable: Iterable, desc: str = "", total: Optional[int] = None,
-                 unit: str = "it", log_every: float = 10.0, stream=None, enabled: bool = True):
+                 unit: str = "it", log_every: float = 10.0, enabled: bool = True):
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)
         self.iterable = iterable
         self.desc = desc
-        self.total = total if total is not None else _len(iterable)
+        self.total = total
         self.unit = unit
         self.log_every = log_every
-        self.stream = stream or sys.stderr
         self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.n = 0
         self.info = {}
 
     def set(self, **info) -> None:
         self.info.update(info)
 
     def __iter__(self):
+        stream = sys.stderr
+        tty = self.enabled and hasattr(stream, "isatty") and stream.isatty()
         start = last = time.time()
-        for item in self.iterable:
+        for n, item in enumerate(self.iterable, 1):
             yield item
-            self.n += 1
             now = time.time()
-            done = self.total is not None and self.n >= self.total
-            if self.enabled and (self.tty and now - last > 0.2 or now - last > self.log_every or done):
-                self._show(now - start, final=done)
+            done = self.total is not None and n >= self.total
+            if self.enabled and (tty and now - last > 0.2 or now - last > self.log_every or done):
+                line = self._line(n, now - start)
+                if tty:
+                    stream.write("\r" + line[:200].ljust(80))
+                    stream.flush()
+                else:
+                    log.info(line)
                 last = now
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if tty:
+            stream.write("\n")
+            stream.flush()
 
-    def _show(self, elapsed: float, final: bool) -> None:
-        rate = self.n / elapsed if elapsed > 0 else 0.0
+    def _line(self, n: int, elapsed: float) -> str:
+        rate = n / elapsed if elapsed > 0 else 0.0
         parts = [self.desc] if self.desc else []
         if self.total:
-            left = (self.total - self.n) / rate if rate > 0 else float("inf")
-            parts.append(f"{self.n}/{self.total} [{_fmt(elapsed)}<{_fmt(left)}, {rate:.2f} {self.unit}/s]")
+            left = (self.total - n) / rate if rate > 0 else float("inf")
+            parts.append(f"{n}/{self.total} [{_clock(elapsed)}<{_clock(left)}, {rate:.2f} {self.unit}/s]")
         else:
-            parts.append(f"{self.n} [{_fmt(elapsed)}, {rate:.2f} {self.unit}/s]")
-        parts += [f"{k}={_fmtv(v)}" for k, v in self.info.items()]
-        line = " ".join(parts)
-        if self.tty:
-            self.stream.write("\r" + line[:200].ljust(80))
-            self.stream.flush()
-        else:
-            log.info(line)
+            parts.append(f"{n} [{_clock(elapsed)}, {rate:.2f} {self.unit}/s]")
+        parts += [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.info.items()]
+        return " ".join(parts)
 
 
-def _len(it) -> Optional[int]:
-    try:
-        return len(it)
-    except TypeError:
-        return None
-
-
-def _fmt(seconds: float) -> str:
+def _clock(seconds: float) -> str:
+    """[h:]mm:ss, or "?" for an unknown time."""
     if seconds == float("inf"):
         return "?"
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-def _fmtv(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def mix_seed(*parts: object) -> int:
