@@ -1,9 +1,6 @@
-"""Readers of CoOp's benchmark folders, ImageNet and its variants, and users' own data.
-
-Each is a `DatasetReader` registered in `dcp.registry.DATASETS` (the layouts: README.md,
-"Datasets"). Folders are only read. Class names are raw, underscores kept (docs/methods.md,
-"Conventions"). Every image a split lists is checked to exist at load, one listing per folder.
-"""
+"""Readers of CoOp's benchmark folders, ImageNet and its variants, and users' own data, each a
+`DatasetReader` registered in `dcp.registry.DATASETS` (layouts: README.md, "Datasets"). Folders
+are only read; class names are raw, underscores kept (docs/methods.md, "Conventions")."""
 from __future__ import annotations
 
 import csv
@@ -66,50 +63,19 @@ class DatasetReader:
 
 
 # --------------------------------------------------------------------------- split-file datasets
-# name: (folder, image folder, split_zhou_<name>.json, template, signatures, layout lines
-# beside the image folder)
-SPLIT_FILE_DATASETS = {
-    "caltech101": ("caltech-101", "101_ObjectCategories", "Caltech101", PHOTO,
-                   (("101_ObjectCategories",),), ""),
-    "oxford_pets": ("oxford_pets", "images", "OxfordPets", "a photo of a {}, a type of pet.",
-                    (("split_zhou_OxfordPets.json",), ("images", "annotations")), "    annotations/\n"),
-    "stanford_cars": ("stanford_cars", "", "StanfordCars", PHOTO,
-                      (("split_zhou_StanfordCars.json",), ("cars_train", "cars_test")), ""),
-    "oxford_flowers": ("oxford_flowers", "jpg", "OxfordFlowers", "a photo of a {}, a type of flower.",
-                       (("split_zhou_OxfordFlowers.json",), ("jpg",)), "    cat_to_name.json\n"),
-    "food101": ("food-101", "images", "Food101", "a photo of {}, a type of food.",
-                (("split_zhou_Food101.json",), ("images", "meta")), "    meta/\n"),
-    "sun397": ("sun397", "SUN397", "SUN397", PHOTO, (("SUN397",), ("split_zhou_SUN397.json",)), ""),
-    "dtd": ("dtd", "images", "DescribableTextures", "{} texture.",
-            (("split_zhou_DescribableTextures.json",), ("images", "labels"), ("images", "imdb")),
-            "    labels/, imdb/  (as extracted)\n"),
-    "eurosat": ("eurosat", "2750", "EuroSAT", "a centered satellite photo of {}.",
-                (("2750",), ("split_zhou_EuroSAT.json",)), ""),
-    "ucf101": ("ucf101", "UCF-101-midframes", "UCF101", "a photo of a person doing {}.",
-               (("UCF-101-midframes",), ("split_zhou_UCF101.json",)), ""),
-}
-
-
 class SplitFileDataset(DatasetReader):
     """A benchmark defined by a CoOp split file, paths relative to its image folder."""
     fewshot_draw = "dassl"           # a benchmark: draw as the released code does
-    required: Tuple[str, ...] = ()   # sub-folders that must exist (default: the image folder)
-
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.folder, self.images, self.split_name, self.template, self.signatures, extra = (
-            SPLIT_FILE_DATASETS[name])
-        self.required = self.required or (self.images,)
-        self.layout = self.layout or (
-            f"  {self.folder}/\n    {self.images}/  (image files; paths as listed in the split "
-            f"file)\n{extra}    split_zhou_{self.split_name}.json  (or in {SPLITS_DIR}/)")
+    images = "images"                # image folder inside the dataset folder ("" = itself)
+    split_name = ""                  # split_zhou_<split_name>.json
+    required: Tuple[str, ...] = ()   # sub-folders that must exist (default: `images`)
 
     def has_images(self, folder: Path) -> bool:
-        return all((folder / sub).is_dir() for sub in self.required)
+        return all((folder / sub).is_dir() for sub in self.required or (self.images,))
 
     def read(self, dataset_dir: Path, split_file: str) -> DatasetSplits:
         image_dir = dataset_dir / self.images          # "" = the dataset folder itself
-        for sub in self.required:
+        for sub in self.required or (self.images,):
             self.require_dir(dataset_dir / sub, "image folder")
         path = find_split_file(self.name, self.split_name, dataset_dir, split_file, self.layout)
         data, classnames, generated = parse_split(path, image_dir)
@@ -124,15 +90,51 @@ class SplitFileDataset(DatasetReader):
                              self.template, info, str(dataset_dir), str(image_dir))
 
 
+def _split_layout(folder: str, images: str, split_name: str, extra: str = "") -> str:
+    return (f"  {folder}/\n    {images}/  (image files; paths as listed in the split file)\n"
+            f"{extra}    split_zhou_{split_name}.json  (or in {SPLITS_DIR}/)")
+
+
+# name: (folder, image folder, split_zhou_<name>.json, template, signatures, layout lines
+# beside the image folder); each becomes a SplitFileDataset subclass named after its split
+SPLIT_FILE_DATASETS = {
+    "caltech101": ("caltech-101", "101_ObjectCategories", "Caltech101", PHOTO,
+                   (("101_ObjectCategories",),), ""),
+    "oxford_pets": ("oxford_pets", "images", "OxfordPets", "a photo of a {}, a type of pet.",
+                    (("split_zhou_OxfordPets.json",), ("images", "annotations")), "    annotations/\n"),
+    "food101": ("food-101", "images", "Food101", "a photo of {}, a type of food.",
+                (("split_zhou_Food101.json",), ("images", "meta")), "    meta/\n"),
+    "sun397": ("sun397", "SUN397", "SUN397", PHOTO, (("SUN397",), ("split_zhou_SUN397.json",)), ""),
+    "dtd": ("dtd", "images", "DescribableTextures", "{} texture.",
+            (("split_zhou_DescribableTextures.json",), ("images", "labels"), ("images", "imdb")),
+            "    labels/, imdb/  (as extracted)\n"),
+    "eurosat": ("eurosat", "2750", "EuroSAT", "a centered satellite photo of {}.",
+                (("2750",), ("split_zhou_EuroSAT.json",)), ""),
+    "ucf101": ("ucf101", "UCF-101-midframes", "UCF101", "a photo of a person doing {}.",
+               (("UCF-101-midframes",), ("split_zhou_UCF101.json",)), ""),
+}
+for _name, (_folder, _images, _split, _template, _signatures, _extra) in SPLIT_FILE_DATASETS.items():
+    _facts = dict(folder=_folder, images=_images, split_name=_split, template=_template,
+                  signatures=_signatures, layout=_split_layout(_folder, _images, _split, _extra))
+    DATASETS.register(_name)(type(_split, (SplitFileDataset,), _facts))
+
+
 @DATASETS.register("stanford_cars")
 class StanfordCars(SplitFileDataset):
+    folder, images, split_name = "stanford_cars", "", "StanfordCars"
     required = ("cars_train", "cars_test")
+    signatures = (("split_zhou_StanfordCars.json",), ("cars_train", "cars_test"))
     layout = ("  stanford_cars/\n    cars_train/\n    cars_test/\n"
               f"    split_zhou_StanfordCars.json  (paths like cars_train/00001.jpg; or in {SPLITS_DIR}/)")
 
 
 @DATASETS.register("oxford_flowers")
 class OxfordFlowers(SplitFileDataset):
+    folder, images, split_name = "oxford_flowers", "jpg", "OxfordFlowers"
+    template = "a photo of a {}, a type of flower."
+    signatures = (("split_zhou_OxfordFlowers.json",), ("jpg",))
+    layout = _split_layout(folder, images, split_name, "    cat_to_name.json\n")
+
     def read(self, dataset_dir: Path, split_file: str) -> DatasetSplits:
         """The split, its class names checked against `cat_to_name.json` (key = label + 1)."""
         splits = super().read(dataset_dir, split_file)
@@ -153,10 +155,6 @@ class OxfordFlowers(SplitFileDataset):
                 raise DatasetError(f"oxford_flowers: label {label} is {name!r} in {split} but "
                                    f"{cat[str(label + 1)]!r} in {meta} (key = label + 1)")
         return splits
-
-
-for _name in SPLIT_FILE_DATASETS.keys() - {"stanford_cars", "oxford_flowers"}:
-    DATASETS.register(_name)(SplitFileDataset)
 
 
 # --------------------------------------------------------------------------- FGVC-Aircraft

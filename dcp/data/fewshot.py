@@ -155,9 +155,8 @@ def _draw(splits: DatasetSplits, target: DatasetSplits, shots: int, seed: int, m
 def fewshot(splits: DatasetSplits, shots: int, seed: int, run_dir: Optional[str] = None,
             mode: str = "per_class", subsample: str = "all") -> DatasetSplits:
     """`splits` with K=`shots` train and min(K, 4) val images per class (all for K <= 0), of the
-    `subsample` classes (all | base | new). `mode` (dassl | per_class) draws on all classes of
-    `splits`, then subsamples; a run folder's record (`run_dir/fewshot.json`) is repeated, and
-    written when there is none."""
+    `subsample` classes (all | base | new). `mode`: dassl | per_class; dassl draws on all classes,
+    so `splits` must hold them all. A record in `run_dir` is repeated, else one is written."""
     if mode not in MODES:
         raise DatasetError(f"few-shot draw must be one of {', '.join(MODES)}, got {mode!r}")
     target = subsample_classes(splits, subsample)
