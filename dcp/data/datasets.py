@@ -1,18 +1,6 @@
-"""Readers for the CoOp benchmark folders, ImageNet and its variants, and users' own data.
-
-Every reader is registered in `dcp.registry.DATASETS` under its dataset name; the registered
-object is a `DatasetReader` subclass, instantiated with that name. `build_dataset(name, root)`
-accepts either the data root (the folder holding `oxford_pets/`, `imagenet/`, ...) or the
-dataset's own folder. Folders are only read, never written.
-
-Class names are the raw ones the benchmark reports with (split file, `classnames.txt`,
-`variants.txt`), underscores kept: prompt code does `.replace("_", " ")` (docs/methods.md,
-"Conventions").
-
-Existence checks: every image a split file lists is checked at load by listing each image
-folder once; folder-defined datasets (ImageNet and its variants, `folder`) are the listing.
-An image that later disappears or cannot be decoded raises at decode time naming its path.
-"""
+"""Readers of CoOp's benchmark folders, ImageNet and its variants, and users' own data, each a
+`DatasetReader` registered in `dcp.registry.DATASETS` (layouts: README.md, "Datasets"). Folders
+are only read; class names are raw, underscores kept (docs/methods.md, "Conventions")."""
 from __future__ import annotations
 
 import csv
@@ -26,9 +14,8 @@ from dcp.registry import DATASETS
 from dcp.utils import Progress
 
 from .splits import (SPLITS_DIR, DatasetError, DatasetSplits, Datum, check_files_exist,
-                     check_split_checksum, empty_split_info, find_split_file, list_class_dirs,
-                     list_images, load_manifest, parse_split, parse_split_dict, read_json,
-                     sha256_file)
+                     check_split_checksum, find_split_file, list_class_dirs, list_images,
+                     load_manifest, parse_split, parse_split_dict, read_json, split_info)
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +23,14 @@ PHOTO = "a photo of a {}."
 
 
 class DatasetReader:
-    """Base of registered readers. `read(dataset_dir, split_file)` returns a `DatasetSplits`."""
-    folder = ""                      # folder name under the data root
+    """A registered reader, instantiated with its name: `read(dataset_dir, split_file)`."""
+    folder = ""                      # folder name under the data root ("" = users' own data)
     template = PHOTO                 # CoOp's zero-shot template (docs/methods.md, "The family")
     layout = ""                      # expected layout, quoted in errors
     signatures: Tuple[Tuple[str, ...], ...] = ()   # any group fully present -> recognised
-    fewshot_draw = "per_class"       # the draw data.fewshot_draw=auto picks (dcp/data/fewshot.py)
+    fewshot_draw = "per_class"       # the draw data.fewshot_draw=auto picks (docs/methods.md)
     duplicates_ok: Tuple[str, ...] = ()  # names the published class list itself repeats
+    defined_by = ""                  # what defines a dataset that takes no split file
 
     def __init__(self, name: str):
         self.name = name
@@ -76,8 +64,8 @@ class DatasetReader:
 
 # --------------------------------------------------------------------------- split-file datasets
 class SplitFileDataset(DatasetReader):
-    fewshot_draw = "dassl"          # a benchmark: draw as the released code does
-    """A dataset defined by a CoOp split file with paths relative to `images`."""
+    """A benchmark defined by a CoOp split file, paths relative to its image folder."""
+    fewshot_draw = "dassl"           # a benchmark: draw as the released code does
     images = "images"                # image folder inside the dataset folder ("" = itself)
     split_name = ""                  # split_zhou_<split_name>.json
     required: Tuple[str, ...] = ()   # sub-folders that must exist (default: `images`)
@@ -86,14 +74,13 @@ class SplitFileDataset(DatasetReader):
         return all((folder / sub).is_dir() for sub in self.required or (self.images,))
 
     def read(self, dataset_dir: Path, split_file: str) -> DatasetSplits:
-        image_dir = dataset_dir / self.images if self.images else dataset_dir
+        image_dir = dataset_dir / self.images          # "" = the dataset folder itself
         for sub in self.required or (self.images,):
             self.require_dir(dataset_dir / sub, "image folder")
         path = find_split_file(self.name, self.split_name, dataset_dir, split_file, self.layout)
         data, classnames, generated = parse_split(path, image_dir)
-        self.check_metadata(dataset_dir, classnames, path)
-        check_files_exist((d.path for k in ("train", "val", "test") for d in data[k]),
-                          f"split file {path}", self.layout)
+        check_files_exist((d.path for part in data.values() for d in part), f"split file {path}",
+                          self.layout)
         info = check_split_checksum(self.name, path, generated)
         published = load_manifest().get(self.name, {}).get("classes")
         if published and published != len(classnames):
@@ -102,28 +89,34 @@ class SplitFileDataset(DatasetReader):
         return DatasetSplits(self.name, data["train"], data["val"], data["test"], classnames,
                              self.template, info, str(dataset_dir), str(image_dir))
 
-    def check_metadata(self, dataset_dir: Path, classnames: List[str], split: Path) -> None:
-        """Check the split's classes against the dataset's metadata file, if any."""
-
 
 def _split_layout(folder: str, images: str, split_name: str, extra: str = "") -> str:
     return (f"  {folder}/\n    {images}/  (image files; paths as listed in the split file)\n"
             f"{extra}    split_zhou_{split_name}.json  (or in {SPLITS_DIR}/)")
 
 
-@DATASETS.register("caltech101")
-class Caltech101(SplitFileDataset):
-    folder, images, split_name = "caltech-101", "101_ObjectCategories", "Caltech101"
-    signatures = (("101_ObjectCategories",),)
-    layout = _split_layout(folder, images, split_name)
-
-
-@DATASETS.register("oxford_pets")
-class OxfordPets(SplitFileDataset):
-    folder, split_name = "oxford_pets", "OxfordPets"
-    template = "a photo of a {}, a type of pet."
-    signatures = (("split_zhou_OxfordPets.json",), ("images", "annotations"))
-    layout = _split_layout(folder, "images", split_name, "    annotations/\n")
+# name: (folder, image folder, split_zhou_<name>.json, template, signatures, layout lines
+# beside the image folder); each becomes a SplitFileDataset subclass named after its split
+SPLIT_FILE_DATASETS = {
+    "caltech101": ("caltech-101", "101_ObjectCategories", "Caltech101", PHOTO,
+                   (("101_ObjectCategories",),), ""),
+    "oxford_pets": ("oxford_pets", "images", "OxfordPets", "a photo of a {}, a type of pet.",
+                    (("split_zhou_OxfordPets.json",), ("images", "annotations")), "    annotations/\n"),
+    "food101": ("food-101", "images", "Food101", "a photo of {}, a type of food.",
+                (("split_zhou_Food101.json",), ("images", "meta")), "    meta/\n"),
+    "sun397": ("sun397", "SUN397", "SUN397", PHOTO, (("SUN397",), ("split_zhou_SUN397.json",)), ""),
+    "dtd": ("dtd", "images", "DescribableTextures", "{} texture.",
+            (("split_zhou_DescribableTextures.json",), ("images", "labels"), ("images", "imdb")),
+            "    labels/, imdb/  (as extracted)\n"),
+    "eurosat": ("eurosat", "2750", "EuroSAT", "a centered satellite photo of {}.",
+                (("2750",), ("split_zhou_EuroSAT.json",)), ""),
+    "ucf101": ("ucf101", "UCF-101-midframes", "UCF101", "a photo of a person doing {}.",
+               (("UCF-101-midframes",), ("split_zhou_UCF101.json",)), ""),
+}
+for _name, (_folder, _images, _split, _template, _signatures, _extra) in SPLIT_FILE_DATASETS.items():
+    _facts = dict(folder=_folder, images=_images, split_name=_split, template=_template,
+                  signatures=_signatures, layout=_split_layout(_folder, _images, _split, _extra))
+    DATASETS.register(_name)(type(_split, (SplitFileDataset,), _facts))
 
 
 @DATASETS.register("stanford_cars")
@@ -140,71 +133,28 @@ class OxfordFlowers(SplitFileDataset):
     folder, images, split_name = "oxford_flowers", "jpg", "OxfordFlowers"
     template = "a photo of a {}, a type of flower."
     signatures = (("split_zhou_OxfordFlowers.json",), ("jpg",))
-    layout = _split_layout(folder, "jpg", split_name, "    cat_to_name.json\n")
+    layout = _split_layout(folder, images, split_name, "    cat_to_name.json\n")
 
-    def _cat_to_name(self, dataset_dir: Path) -> Optional[Dict[str, str]]:
-        path = dataset_dir / "cat_to_name.json"
-        if not path.is_file():
-            log.info("oxford_flowers: %s not found; class names come from the split file", path)
-            return None
-        cat = read_json(path)
+    def read(self, dataset_dir: Path, split_file: str) -> DatasetSplits:
+        """The split, its class names checked against `cat_to_name.json` (key = label + 1)."""
+        splits = super().read(dataset_dir, split_file)
+        meta, split = dataset_dir / "cat_to_name.json", splits.split_info["file"]
+        if not meta.is_file():
+            log.info("oxford_flowers: %s not found; class names come from the split file", meta)
+            return splits
+        cat = read_json(meta)
         n = len(cat) if isinstance(cat, dict) else 0
         if not n or sorted(cat) != sorted(str(i) for i in range(1, n + 1)):
-            raise DatasetError(f"{path}: expected a JSON object mapping \"1\"..\"N\" to flower "
+            raise DatasetError(f"{meta}: expected a JSON object mapping \"1\"..\"N\" to flower "
                                "names (N = 102)")
-        return cat
-
-    def check_metadata(self, dataset_dir: Path, classnames: List[str], split: Path) -> None:
-        cat = self._cat_to_name(dataset_dir)
-        if cat is None:
-            return
-        meta = dataset_dir / "cat_to_name.json"
-        if len(cat) != len(classnames):
-            raise DatasetError(f"oxford_flowers: {split} has {len(classnames)} classes but {meta} "
-                               f"names {len(cat)}")
-        for label, name in enumerate(classnames):
+        if n != splits.num_classes:
+            raise DatasetError(f"oxford_flowers: {split} has {splits.num_classes} classes but "
+                               f"{meta} names {n}")
+        for label, name in enumerate(splits.classnames):
             if cat[str(label + 1)] != name:
                 raise DatasetError(f"oxford_flowers: label {label} is {name!r} in {split} but "
                                    f"{cat[str(label + 1)]!r} in {meta} (key = label + 1)")
-
-
-@DATASETS.register("food101")
-class Food101(SplitFileDataset):
-    folder, split_name = "food-101", "Food101"
-    template = "a photo of {}, a type of food."
-    signatures = (("split_zhou_Food101.json",), ("images", "meta"))
-    layout = _split_layout(folder, "images", split_name, "    meta/\n")
-
-
-@DATASETS.register("sun397")
-class SUN397(SplitFileDataset):
-    folder, images, split_name = "sun397", "SUN397", "SUN397"
-    signatures = (("SUN397",), ("split_zhou_SUN397.json",))
-    layout = _split_layout(folder, images, split_name)
-
-
-@DATASETS.register("dtd")
-class DTD(SplitFileDataset):
-    folder, split_name = "dtd", "DescribableTextures"
-    template = "{} texture."
-    signatures = (("split_zhou_DescribableTextures.json",), ("images", "labels"), ("images", "imdb"))
-    layout = _split_layout(folder, "images", split_name, "    labels/, imdb/  (as extracted)\n")
-
-
-@DATASETS.register("eurosat")
-class EuroSAT(SplitFileDataset):
-    folder, images, split_name = "eurosat", "2750", "EuroSAT"
-    template = "a centered satellite photo of {}."
-    signatures = (("2750",), ("split_zhou_EuroSAT.json",))
-    layout = _split_layout(folder, images, split_name)
-
-
-@DATASETS.register("ucf101")
-class UCF101(SplitFileDataset):
-    folder, images, split_name = "ucf101", "UCF-101-midframes", "UCF101"
-    template = "a photo of a person doing {}."
-    signatures = (("UCF-101-midframes",), ("split_zhou_UCF101.json",))
-    layout = _split_layout(folder, images, split_name)
+        return splits
 
 
 # --------------------------------------------------------------------------- FGVC-Aircraft
@@ -219,6 +169,7 @@ class FGVCAircraft(DatasetReader):
     layout = ("  fgvc_aircraft/   (the `data/` folder of fgvc-aircraft-2013b, renamed)\n"
               "    images/<image id>.jpg\n    variants.txt\n"
               "    images_variant_train.txt, images_variant_val.txt, images_variant_test.txt")
+    defined_by = "its images_variant_*.txt files"
 
     def _lines(self, path: Path) -> List[str]:
         if not path.is_file():
@@ -228,20 +179,16 @@ class FGVCAircraft(DatasetReader):
             return [line.strip() for line in f]
 
     def read(self, dataset_dir: Path, split_file: str) -> DatasetSplits:
-        if split_file:
-            raise DatasetError("fgvc_aircraft is defined by its images_variant_*.txt files; "
-                               f"split_file={split_file!r} is not supported")
-        image_dir = dataset_dir / "images"
+        image_dir, variants_path = dataset_dir / "images", dataset_dir / "variants.txt"
         self.require_dir(image_dir, "image folder")
-        variants_path = dataset_dir / "variants.txt"
         variants = [v for v in self._lines(variants_path) if v]
         if len(set(variants)) != len(variants):
             raise DatasetError(f"fgvc_aircraft: {variants_path} lists a variant twice")
         label_of = {v: i for i, v in enumerate(variants)}
-        data = {}
+        data: Dict[str, List[Datum]] = {}
         for split in ("train", "val", "test"):
             path = dataset_dir / f"images_variant_{split}.txt"
-            items = []
+            data[split] = []
             for n, line in enumerate(self._lines(path), 1):
                 if not line:
                     continue
@@ -249,26 +196,23 @@ class FGVCAircraft(DatasetReader):
                 if variant not in label_of:
                     raise DatasetError(f"fgvc_aircraft: {path}:{n}: variant {variant!r} is not in "
                                        f"{variants_path} (expected `<image id> <variant name>`)")
-                items.append(Datum(str(image_dir / f"{image_id}.jpg"), label_of[variant], variant))
-            data[split] = items
+                data[split].append(Datum(str(image_dir / f"{image_id}.jpg"), label_of[variant], variant))
         empty = sorted(set(variants) - {d.classname for d in data["train"]})
         if empty:
             raise DatasetError(f"fgvc_aircraft: variant {empty[0]!r} of {variants_path} has no "
                                f"image in images_variant_train.txt ({len(empty)} empty class(es))")
-        check_files_exist((d.path for k in data for d in data[k]),
+        check_files_exist((d.path for part in data.values() for d in part),
                           f"fgvc_aircraft's images_variant_*.txt in {dataset_dir}", self.layout)
         if len(variants) != 100:
             log.warning("fgvc_aircraft: %s lists %d variants, the benchmark has 100",
                         variants_path, len(variants))
-        info = empty_split_info("defined by images_variant_{train,val,test}.txt")
-        info["file"] = str(dataset_dir / "images_variant_train.txt")
-        info["sha256"] = sha256_file(dataset_dir / "images_variant_train.txt")
+        info = split_info("defined by images_variant_{train,val,test}.txt",
+                          dataset_dir / "images_variant_train.txt")
         return DatasetSplits(self.name, data["train"], data["val"], data["test"], variants,
                              self.template, info, str(dataset_dir), str(image_dir))
 
 
 # --------------------------------------------------------------------------- ImageNet family
-IMAGENET_CLASSES = 1000
 CLASSNAMES_HINT = ("classnames.txt (`<wnid> <class name>` per line, 1000 lines): CoOp's "
                    "https://drive.google.com/file/d/1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF/view")
 
@@ -286,10 +230,11 @@ def read_imagenet_classnames(path: Path) -> List[Tuple[str, str]]:
             if not name.strip():
                 raise DatasetError(f"{path}:{n}: expected `<wnid> <class name>`, got {line.strip()!r}")
             out.append((wnid, name.strip()))
-    if len(out) != IMAGENET_CLASSES or len({w for w, _ in out}) != len(out):
-        raise DatasetError(f"{path}: expected {IMAGENET_CLASSES} lines with distinct wnids, got "
-                           f"{len(out)} lines ({len({w for w, _ in out})} distinct)")
-    if [w for w, _ in out] != sorted(w for w, _ in out):
+    wnids = [w for w, _ in out]
+    if len(out) != 1000 or len(set(wnids)) != len(out):
+        raise DatasetError(f"{path}: expected 1000 lines with distinct wnids, got {len(out)} lines "
+                           f"({len(set(wnids))} distinct)")
+    if wnids != sorted(wnids):
         log.warning("%s is not sorted by wnid: labels follow the file order, CoOp's ImageNet "
                     "loader uses sorted folder order", path)
     return out
@@ -297,40 +242,28 @@ def read_imagenet_classnames(path: Path) -> List[Tuple[str, str]]:
 
 class ImageNetFamily(DatasetReader):
     """Folder-per-class datasets in ImageNet's label space (classnames.txt)."""
-    images = ""
     # CoOp's classnames.txt names two pairs of classes alike (n03773504 / n04008634 "missile",
     # n04355933 / n04356056 "sunglasses"); the published results are with them, so they pass
     duplicates_ok = ("missile", "sunglasses")
+    defined_by = "its folders"
 
-    def classnames_file(self, dataset_dir: Path) -> Path:
-        """`<dataset>/classnames.txt` (CoOp: copied there), else `<root>/imagenet/classnames.txt`."""
-        own = dataset_dir / "classnames.txt"
-        shared = dataset_dir.parent / "imagenet" / "classnames.txt"
-        if own.is_file() or not shared.is_file():
-            return own
-        log.info("%s: using %s (no classnames.txt in %s)", self.name, shared, dataset_dir)
-        return shared
-
-    def class_folders(self, folder: Path, expected: Sequence[str], what: str) -> List[str]:
-        """Check `folder` holds exactly the class folders `expected`; raise naming the difference."""
+    def read_folders(self, folder: Path, folders: Sequence[str], names: Sequence[str], what: str,
+                     desc: str) -> List[Datum]:
+        """The images of `folder`, which must hold exactly the class folders `folders` (label =
+        index in `folders`, class name `names[label]`); a mismatch names the difference."""
         self.require_dir(folder, what)
         found = list_class_dirs(folder)
-        missing = sorted(set(expected) - set(found))
-        extra = sorted(set(found) - set(expected))
+        missing, extra = sorted(set(folders) - set(found)), sorted(set(found) - set(folders))
         if missing or extra:
             loose = sum(1 for e in os.scandir(folder) if e.is_file()) if not found else 0
             raise DatasetError(
-                f"{self.name}: {folder} has {len(found)} class folders, expected {len(expected)}"
+                f"{self.name}: {folder} has {len(found)} class folders, expected {len(folders)}"
                 + (f"; missing e.g. {missing[:3]}" if missing else "")
                 + (f"; unexpected e.g. {extra[:3]}" if extra else "")
                 + (f"; it holds {loose} loose files: images must be sorted into one folder per "
                    "class" if loose else "") + f". Expected layout:\n{self.layout}")
-        return found
-
-    def read_folders(self, folder: Path, folders: Sequence[str], labels: Sequence[int],
-                     names: Sequence[str], desc: str) -> List[Datum]:
         items: List[Datum] = []
-        for sub, label, name in Progress(list(zip(folders, labels, names)), desc=desc):
+        for label, (sub, name) in enumerate(Progress(list(zip(folders, names)), desc=desc)):
             files = list_images(folder / sub)
             if not files:
                 raise DatasetError(f"{self.name}: empty class folder {folder / sub} (class "
@@ -341,172 +274,153 @@ class ImageNetFamily(DatasetReader):
 
 @DATASETS.register("imagenet")
 class ImageNet(ImageNetFamily):
-    """train = `images/train`, test = `images/val` (ImageNet's validation set is the test set of
-    this protocol); `val` is the test set too, as in CoOp (no model selection: docs/methods.md,
-    "Training")."""
+    """train = `images/train`, test = `images/val`; `val` is the test set too, as in CoOp (no
+    model selection: docs/methods.md, "Training")."""
     fewshot_draw = "dassl"
     folder = "imagenet"
     signatures = (("images/train", "classnames.txt"), ("images/train", "images/val"))
     layout = ("  imagenet/\n    images/train/<wnid>/*.JPEG  (1000 folders like n01440764)\n"
               "    images/val/<wnid>/*.JPEG\n    classnames.txt  (`<wnid> <class name>` lines)")
+    defined_by = "its images/train and images/val folders"
 
     def read(self, dataset_dir: Path, split_file: str) -> DatasetSplits:
-        if split_file:
-            raise DatasetError("imagenet is defined by its images/train and images/val folders; "
-                               f"split_file={split_file!r} is not supported")
         classes = read_imagenet_classnames(dataset_dir / "classnames.txt")
         wnids, names = [w for w, _ in classes], [n for _, n in classes]
         image_dir = dataset_dir / "images"
-        data = {}
-        for split in ("train", "val"):
-            self.class_folders(image_dir / split, wnids, f"images/{split} folder")
-            data[split] = self.read_folders(image_dir / split, wnids, range(len(wnids)), names,
-                                            f"listing imagenet {split}")
-        info = empty_split_info("defined by images/train (train) and images/val (test)")
-        return DatasetSplits(self.name, data["train"], data["val"], data["val"], names,
-                             self.template, info, str(dataset_dir), str(image_dir))
+        train, test = (self.read_folders(image_dir / split, wnids, names, f"images/{split} folder",
+                                         f"listing imagenet {split}") for split in ("train", "val"))
+        info = split_info("defined by images/train (train) and images/val (test)")
+        return DatasetSplits(self.name, train, test, test, names, self.template, info,
+                             str(dataset_dir), str(image_dir))
 
 
-class ImageNetTestSet(ImageNetFamily):
-    """An evaluation-only ImageNet variant: `test` only, `train` and `val` empty."""
-    subset: Optional[int] = None     # number of classes of a subset (A, R: 200)
+class ImageNetVariant(ImageNetFamily):
+    """An evaluation-only variant: the class folders of `images` are the test list (train and
+    val empty); `classnames.txt` is its own copy, else `<root>/imagenet/`'s."""
+    subset: Optional[int] = None     # A, R: 200 classes, labels 0..199 in sorted-wnid order
 
-    def folder_labels(self, wnids: List[str]) -> Tuple[List[str], List[int]]:
+    def folder_labels(self, image_dir: Path, wnids: List[str],
+                      classnames: Path) -> Tuple[List[str], List[int]]:
         """(class folder names, their ImageNet labels)."""
-        found = list_class_dirs(self.image_folder)
+        if not self.subset:
+            return wnids, list(range(len(wnids)))
+        found = list_class_dirs(image_dir)
         unknown = [f for f in found if f not in set(wnids)]
         if unknown:
-            raise DatasetError(f"{self.name}: folder {self.image_folder / unknown[0]} is not a "
-                               f"wnid of {self.classnames_path}. Expected layout:\n{self.layout}")
+            raise DatasetError(f"{self.name}: folder {image_dir / unknown[0]} is not a wnid of "
+                               f"{classnames}. Expected layout:\n{self.layout}")
         if len(found) != self.subset:
-            raise DatasetError(f"{self.name}: {self.image_folder} has {len(found)} class folders, "
+            raise DatasetError(f"{self.name}: {image_dir} has {len(found)} class folders, "
                                f"expected the {self.subset}-class subset. Expected layout:\n"
                                f"{self.layout}")
-        index = {w: i for i, w in enumerate(wnids)}
-        return found, [index[f] for f in found]
+        return found, [wnids.index(f) for f in found]
 
     def read(self, dataset_dir: Path, split_file: str) -> DatasetSplits:
-        if split_file:
-            raise DatasetError(f"{self.name} is defined by its folders; split_file={split_file!r} "
-                               "is not supported")
-        self.image_folder = dataset_dir / self.images
-        self.require_dir(self.image_folder, "image folder")
-        self.classnames_path = self.classnames_file(dataset_dir)
-        classes = read_imagenet_classnames(self.classnames_path)
-        wnids = [w for w, _ in classes]
-        folders, in1k = self.folder_labels(wnids)
+        image_dir = dataset_dir / self.images
+        self.require_dir(image_dir, "image folder")
+        classnames = dataset_dir / "classnames.txt"
+        shared = dataset_dir.parent / "imagenet" / "classnames.txt"
+        if not classnames.is_file() and shared.is_file():
+            log.info("%s: using %s (no classnames.txt in %s)", self.name, shared, dataset_dir)
+            classnames = shared
+        classes = read_imagenet_classnames(classnames)
+        folders, in1k = self.folder_labels(image_dir, [w for w, _ in classes], classnames)
         names = [classes[i][1] for i in in1k]
-        if self.subset:          # labels 0..subset-1 in sorted-wnid order, as CoOp; plus the map
-            labels, classnames, indices = list(range(len(folders))), names, in1k
-        else:
-            labels, classnames, indices = in1k, [n for _, n in classes], None
-        test = self.read_folders(self.image_folder, folders, labels, names, f"listing {self.name}")
-        info = empty_split_info("evaluation only: every image is a test image")
-        return DatasetSplits(self.name, [], [], test, classnames, self.template, info,
-                             str(dataset_dir), str(self.image_folder), imagenet_indices=indices)
+        test = self.read_folders(image_dir, folders, names, "image folder", f"listing {self.name}")
+        info = split_info("evaluation only: every image is a test image")
+        return DatasetSplits(self.name, [], [], test, names, self.template, info, str(dataset_dir),
+                             str(image_dir), imagenet_indices=in1k if self.subset else None)
+
+
+def _variant_layout(folder: str, images: str, classes: str) -> str:
+    return f"  {folder}/\n    {images}/{classes}\n    classnames.txt  (a copy of imagenet/classnames.txt)"
 
 
 @DATASETS.register("imagenetv2")
-class ImageNetV2(ImageNetTestSet):
+class ImageNetV2(ImageNetVariant):
     """Folders `0`..`999` named by ImageNet label index."""
     folder, images = "imagenetv2", "imagenetv2-matched-frequency-format-val"
     signatures = ((images,),)
-    layout = ("  imagenetv2/\n    imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg\n"
-              "    classnames.txt  (a copy of imagenet/classnames.txt)")
+    layout = _variant_layout(folder, images, "<0..999>/*.jpeg")
 
-    def folder_labels(self, wnids: List[str]) -> Tuple[List[str], List[int]]:
-        expected = [str(i) for i in range(len(wnids))]
-        self.class_folders(self.image_folder, expected, "image folder")
-        return expected, list(range(len(wnids)))
+    def folder_labels(self, image_dir: Path, wnids: List[str],
+                      classnames: Path) -> Tuple[List[str], List[int]]:
+        return [str(i) for i in range(len(wnids))], list(range(len(wnids)))
 
 
 @DATASETS.register("imagenet_sketch")
-class ImageNetSketch(ImageNetTestSet):
+class ImageNetSketch(ImageNetVariant):
     folder, images = "imagenet-sketch", "images"
     signatures = (("images", "classnames.txt"),)
-    layout = ("  imagenet-sketch/\n    images/<wnid>/*.JPEG  (1000 folders like n01440764)\n"
-              "    classnames.txt  (a copy of imagenet/classnames.txt)")
+    layout = _variant_layout(folder, images, "<wnid>/*.JPEG  (1000 folders like n01440764)")
 
     def detect(self, folder: Path) -> bool:
         return super().detect(folder) and not (folder / "images" / "train").is_dir()
 
-    def folder_labels(self, wnids: List[str]) -> Tuple[List[str], List[int]]:
-        self.class_folders(self.image_folder, wnids, "image folder")
-        return list(wnids), list(range(len(wnids)))
-
 
 @DATASETS.register("imagenet_a")
-class ImageNetA(ImageNetTestSet):
-    """200 ImageNet classes; labels 0..199 in sorted-wnid order, `imagenet_indices` maps them
-    to ImageNet's 1000 labels."""
+class ImageNetA(ImageNetVariant):
     folder, images, subset = "imagenet-adversarial", "imagenet-a", 200
-    signatures = (("imagenet-a",),)
-    layout = ("  imagenet-adversarial/\n    imagenet-a/<wnid>/*.jpg  (200 folders like n01498041)\n"
-              "    classnames.txt  (a copy of imagenet/classnames.txt)")
+    signatures = ((images,),)
+    layout = _variant_layout(folder, images, "<wnid>/*.jpg  (200 folders like n01498041)")
 
 
 @DATASETS.register("imagenet_r")
-class ImageNetR(ImageNetTestSet):
-    """200 ImageNet classes; labels 0..199 in sorted-wnid order, `imagenet_indices` maps them
-    to ImageNet's 1000 labels."""
+class ImageNetR(ImageNetVariant):
     folder, images, subset = "imagenet-rendition", "imagenet-r", 200
-    signatures = (("imagenet-r",),)
-    layout = ("  imagenet-rendition/\n    imagenet-r/<wnid>/*.jpg  (200 folders like n01443537)\n"
-              "    classnames.txt  (a copy of imagenet/classnames.txt)")
+    signatures = ((images,),)
+    layout = _variant_layout(folder, images, "<wnid>/*.jpg  (200 folders like n01443537)")
 
 
 # --------------------------------------------------------------------------- users' own data
-def _user_split(name: str, dataset_dir: Path, split_file: str, kind: str, source: Path,
-                allow_absolute: bool) -> Tuple[Dict[str, List[Datum]], List[str], dict]:
-    """Read the split of a user dataset (explicit file or `data_splits/split_dcp_<name>.json`)."""
-    default = SPLITS_DIR / f"split_dcp_{source.stem if source.is_file() else source.name}.json"
-    path = Path(split_file).expanduser() if split_file else default
-    if not path.is_file():
-        raise DatasetError(
-            f"{name}: {source} has no train/val/test split: split file {path} not found. Create a "
-            f"seeded one with `python -m dcp.data.make_split {kind} --root {source}` (written to "
-            f"{SPLITS_DIR}/), or pass split_file=<path>" +
-            (", or lay the folder out as train/<class>/, val/<class>/, test/<class>/"
-             if kind == "folder" else ", or provide train.csv/val.csv/test.csv beside it"))
-    raw = read_json(path)
-    if not isinstance(raw, dict):
-        raise DatasetError(f"split file {path}: expected a JSON object")
-    data, classnames = parse_split_dict(raw, f"split file {path}", dataset_dir, None, allow_absolute)
-    check_files_exist((d.path for k in data for d in data[k]), f"split file {path}",
-                      f"paths relative to {dataset_dir}")
-    info = empty_split_info("user data split file")
-    info.update(file=str(path), sha256=sha256_file(path))
-    return data, classnames, info
-
-
-@DATASETS.register("folder")
-class ImageFolder(DatasetReader):
-    """Users' data: `train/<class>/`, `val/<class>/` (or `validation/`, optional), `test/<class>/`;
-    or `<class>/` folders plus a split file from make_split. Labels follow sorted folder names."""
-    layout = ("  <folder>/\n    train/<class>/*.jpg\n    val/<class>/*.jpg  (optional; or validation/)\n"
-              "    test/<class>/*.jpg\n  or <folder>/<class>/*.jpg with a split file made by "
-              "`python -m dcp.data.make_split folder --root <folder>`")
-
-    def detect(self, folder: Path) -> bool:
-        if (folder / "train").is_dir() and (folder / "test").is_dir():
-            return True
-        classes = [d for d in list_class_dirs(folder) if list_images(folder / d)]
-        return len(classes) >= 2
+class UserData(DatasetReader):
+    """Users' own data, given as the data root itself; without a layout that defines the
+    splits, a split file made by make_split."""
+    no_split = ""                    # the layout that needs no split file, for the error
 
     def locate(self, root: Path, split_file: str = "") -> Path:
         return root
 
+    def read_split_file(self, base: Path, split_file: str, source: Path, allow_absolute: bool):
+        """(data, classnames, split_info) from the split file of `source`: `split_file`, else
+        `data_splits/split_dcp_<source name>.json`; paths relative to `base`."""
+        default = SPLITS_DIR / f"split_dcp_{source.stem if source.is_file() else source.name}.json"
+        path = Path(split_file).expanduser() if split_file else default
+        if not path.is_file():
+            raise DatasetError(
+                f"{self.name}: {source} has no train/val/test split: split file {path} not found. "
+                f"Create a seeded one with `python -m dcp.data.make_split {self.name} --root "
+                f"{source}` (written to {SPLITS_DIR}/), or pass split_file=<path>, or {self.no_split}")
+        data, classnames, _ = parse_split(path, base, allow_absolute)
+        check_files_exist((d.path for part in data.values() for d in part), f"split file {path}",
+                          f"paths relative to {base}")
+        return data, classnames, split_info("user data split file", path)
+
+
+@DATASETS.register("folder")
+class ImageFolder(UserData):
+    """`train/<class>/`, `val/<class>/` (or `validation/`, optional), `test/<class>/`; or
+    `<class>/` folders plus a split file. Labels follow sorted folder names."""
+    layout = ("  <folder>/\n    train/<class>/*.jpg\n    val/<class>/*.jpg  (optional; or validation/)\n"
+              "    test/<class>/*.jpg\n  or <folder>/<class>/*.jpg with a split file made by "
+              "`python -m dcp.data.make_split folder --root <folder>`")
+    no_split = "lay the folder out as train/<class>/, val/<class>/, test/<class>/"
+
+    def detect(self, folder: Path) -> bool:
+        if (folder / "train").is_dir() and (folder / "test").is_dir():
+            return True
+        return len([d for d in list_class_dirs(folder) if list_images(folder / d)]) >= 2
+
     def read(self, dataset_dir: Path, split_file: str) -> DatasetSplits:
         self.require_dir(dataset_dir, "folder")
         if split_file or not (dataset_dir / "train").is_dir():
-            data, classnames, info = _user_split(self.name, dataset_dir, split_file, "folder",
-                                                 dataset_dir, False)
+            data, classnames, info = self.read_split_file(dataset_dir, split_file, dataset_dir, False)
         else:
-            data, classnames, info = self._read_tree(dataset_dir)
+            data, classnames, info = self.read_tree(dataset_dir)
         return DatasetSplits(self.name, data["train"], data["val"], data["test"], classnames,
                              self.template, info, str(dataset_dir), str(dataset_dir))
 
-    def _read_tree(self, root: Path) -> Tuple[Dict[str, List[Datum]], List[str], dict]:
+    def read_tree(self, root: Path) -> Tuple[Dict[str, List[Datum]], List[str], dict]:
         classnames = list_class_dirs(root / "train")
         if not classnames:
             raise DatasetError(f"folder: {root / 'train'} has no class folders. Expected layout:\n"
@@ -519,7 +433,7 @@ class ImageFolder(DatasetReader):
                 log.info("folder: %s has no val/ folder: the validation list is empty", root)
                 continue
             self.require_dir(folder, f"{split} folder")
-            items = []
+            data[split] = []
             for c in list_class_dirs(folder):
                 if c not in label_of:
                     raise DatasetError(f"folder: class folder {folder / c} has no counterpart in "
@@ -528,46 +442,41 @@ class ImageFolder(DatasetReader):
                 if not files and split == "train":
                     raise DatasetError(f"folder: empty class folder {folder / c}: expected its "
                                        "training images there")
-                items += [Datum(p, label_of[c], c) for p in files]
-            if not items:
+                data[split] += [Datum(p, label_of[c], c) for p in files]
+            if not data[split]:
                 raise DatasetError(f"folder: {folder} holds no images in class folders. Expected "
                                    f"layout:\n{self.layout}")
-            data[split] = items
-        return data, classnames, empty_split_info(f"user data: folder layout of {root}")
+        return data, classnames, split_info(f"user data: folder layout of {root}")
 
 
 @DATASETS.register("csv")
-class CSVDataset(DatasetReader):
-    """Users' data listed in CSV files of `path,label[,classname]` rows (a header row is allowed;
-    paths relative to the CSV's folder or absolute): a folder with `train.csv`, `test.csv`
-    (and optional `val.csv`), or one CSV file plus a split file from make_split."""
+class CSVDataset(UserData):
+    """`path,label[,classname]` rows (a header row allowed; paths relative to the CSV's folder or
+    absolute): `train.csv`, `test.csv` (and optional `val.csv`), or one CSV plus a split file."""
     layout = ("  <folder>/train.csv, val.csv (optional), test.csv  with rows `path,label[,classname]`\n"
               "  or <file>.csv with a split file made by\n"
               "  `python -m dcp.data.make_split csv --root <file>.csv`")
+    no_split = "provide train.csv/val.csv/test.csv beside it"
 
     def detect(self, folder: Path) -> bool:
         return folder.suffix.lower() == ".csv" or ((folder / "train.csv").is_file()
                                                      and (folder / "test.csv").is_file())
 
-    def locate(self, root: Path, split_file: str = "") -> Path:
-        return root
-
     def read(self, dataset_dir: Path, split_file: str) -> DatasetSplits:
+        base = dataset_dir.parent if dataset_dir.is_file() else dataset_dir
         if dataset_dir.is_file():
-            base = dataset_dir.parent
-            data, classnames, info = _user_split(self.name, base, split_file, "csv", dataset_dir, True)
+            data, classnames, info = self.read_split_file(base, split_file, dataset_dir, True)
         else:
-            base = dataset_dir
             if not (base / "train.csv").is_file() or not (base / "test.csv").is_file():
                 raise DatasetError(f"csv: {base} needs train.csv and test.csv. Expected layout:\n"
                                    f"{self.layout}")
             raw = {s: read_csv_rows(base / f"{s}.csv") for s in ("train", "val", "test")
                    if (base / f"{s}.csv").is_file()}
-            data, classnames = parse_split_dict(raw, f"CSV files in {base}", base, None, True,
+            data, classnames = parse_split_dict(raw, f"CSV files in {base}", base, True,
                                                 need_val=False)
-            check_files_exist((d.path for k in data for d in data[k]), f"CSV files in {base}",
-                              "paths relative to the CSV's folder, or absolute")
-            info = empty_split_info(f"user data: CSV files in {base}")
+            check_files_exist((d.path for part in data.values() for d in part),
+                              f"CSV files in {base}", "paths relative to the CSV's folder, or absolute")
+            info = split_info(f"user data: CSV files in {base}")
         return DatasetSplits(self.name, data["train"], data["val"], data["test"], classnames,
                              self.template, info, str(base), str(base))
 
@@ -608,10 +517,14 @@ def build_dataset(name: str, root: str, *, split_file: str = "",
     path = Path(root).expanduser().absolute()
     if not path.exists():
         raise DatasetError(f"{name}: data root not found: {path}. Expected layout:\n{reader.layout}")
-    splits = reader.read(reader.locate(path, split_file), split_file)
+    dataset_dir = reader.locate(path, split_file)
+    if split_file and reader.defined_by:
+        raise DatasetError(f"{name} is defined by {reader.defined_by}; split_file={split_file!r} "
+                           "is not supported")
+    splits = reader.read(dataset_dir, split_file)
     splits.fewshot_cache = fewshot_cache
     splits.fewshot_draw = reader.fewshot_draw
-    splits.duplicates_ok = tuple(getattr(reader, "duplicates_ok", ()))
+    splits.duplicates_ok = tuple(reader.duplicates_ok)
     log.info("%s: %d classes, %d train / %d val / %d test images from %s", name,
              splits.num_classes, len(splits.train), len(splits.val), len(splits.test),
              splits.dataset_dir)
@@ -619,18 +532,18 @@ def build_dataset(name: str, root: str, *, split_file: str = "",
 
 
 def detect_dataset(path: str) -> Tuple[str, str]:
-    """Recognise the dataset at `path` (a data root holding one dataset folder, or a dataset's
+    """Recognise the dataset at `path` (a data root holding one dataset folder, a dataset's
     folder, or a user's folder / CSV): by folder name first, then by layout. Returns
     `(name, root)` for `build_dataset`; several candidates is an error naming them."""
     p = Path(path).expanduser().absolute()
     if not p.exists():
         raise DatasetError(f"path not found: {p}")
-    readers = [_reader(n) for n in DATASETS.names()]
-    standard = [r for r in readers if r.folder]
     if p.is_file():
         if p.suffix.lower() == ".csv":
             return "csv", str(p)
         raise DatasetError(f"{p} is a file: expected a data folder or a .csv file")
+    readers = [_reader(n) for n in DATASETS.names()]
+    standard = [r for r in readers if r.folder]
     by_name = [r.name for r in standard if p.name == r.folder]
     if by_name:
         return by_name[0], str(p.parent)
@@ -640,9 +553,8 @@ def detect_dataset(path: str) -> Tuple[str, str]:
                            "name the dataset to use")
     if inside:
         return inside[0], str(p)
-    by_layout = [r.name for r in standard if r.detect(p)]
-    if not by_layout:
-        by_layout = [r.name for r in readers if not r.folder and r.detect(p)]
+    by_layout = ([r.name for r in standard if r.detect(p)]
+                 or [r.name for r in readers if not r.folder and r.detect(p)])
     if len(by_layout) > 1:
         raise DatasetError(f"{p} is ambiguous: it is laid out like {' and '.join(by_layout)}; "
                            "name the dataset to use")

@@ -1,30 +1,5 @@
-"""Few-shot draws and the base/novel class split (docs/methods.md, "Few-shot draws").
-
-Two draws of K train and min(K, 4) val images per class, chosen by `mode`:
-
-- `dassl` (the benchmarks' default): what the released code draws for the same seed and split
-  file. Dassl seeds Python's `random` with the run's seed and, before anything else consumes
-  it, calls `random.sample(items, K)` per class, classes in order of first appearance in the
-  split's list and items in list order, first for train and then (same generator) for val with
-  min(K, 4); a class with fewer than K val images keeps them all. The draw is made on all
-  classes, before any base/novel subsampling.
-- `per_class`: per class, the class's images sorted by path are shuffled by their own generator
-  `random.Random(f"dcp-fewshot:{seed}:{split}:{classname}")` and the first K are taken. So a draw
-  depends only on (images, seed, K): not on list order or labels (drawing before or after
-  base/novel subsampling gives the same files), and a K-shot draw contains every smaller K.
-
-A class with fewer than K training images is an error in both modes, naming the class.
-
-When the dataset folder holds the draw cached by the released code
-(`split_fewshot/shot_K-seed_S.pkl`, Dassl `Datum` objects), it is used instead: read with a
-restricted unpickler that maps exactly `dassl.data.datasets.base_dataset.Datum` to a plain
-record and refuses everything else; its absolute paths are placed in the user's folder by
-their path relative to the image folder (the longest path suffix that the split lists).
-
-With `run_dir`, the draw is recorded as `run_dir/fewshot.json` (readable JSON, paths
-relative to the image folder, the mode); a run folder that already holds one repeats that
-draw, refusing paths that leave the image folder.
-"""
+"""Few-shot draws, their record `fewshot.json`, the released code's cached draws and the
+base/novel class split (docs/methods.md, "Few-shot draws")."""
 from __future__ import annotations
 
 import dataclasses
@@ -41,13 +16,13 @@ from typing import Dict, List, Optional, Sequence
 
 from dcp.utils import atomic_write_text
 
-from .splits import (DatasetError, DatasetSplits, Datum, check_files_exist, json_rows_text,
-                     to_entries)
+from .splits import DatasetError, DatasetSplits, Datum, check_files_exist, json_rows_text
 
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "fewshot.json"
 FORMAT = "dcp-fewshot-1"
+MODES = ("dassl", "per_class")
 
 
 # --------------------------------------------------------------------------- cached Dassl draws
@@ -90,46 +65,40 @@ def read_dassl_fewshot(path: Path) -> Dict[str, List[CachedDatum]]:
     return data
 
 
-def _place(cached: Sequence[CachedDatum], known: Dict[str, Datum], splits: DatasetSplits,
-           path: Path, split: str) -> List[Datum]:
-    """Map cached absolute paths to `known` (relative path -> Datum) by longest path suffix.
-
-    Cached labels are in the full class list; classes outside a base/new subset are dropped.
-    """
-    out = []
-    for c in cached:
-        if not 0 <= c.label - splits.label_offset < splits.num_classes:
-            continue
-        parts = [p for p in re.split(r"[\\/]+", c.impath) if p]
-        datum = next((known[r] for r in ("/".join(parts[i:]) for i in range(len(parts)))
-                      if r in known), None)
-        if datum is None:
-            raise DatasetError(f"few-shot cache {path}: {c.impath} is not an image of the {split} "
-                               f"split under {splits.image_dir}; the cache was drawn from another "
-                               "split: delete it or build the dataset with fewshot_cache=False")
-        if datum.label + splits.label_offset != c.label or datum.classname != c.classname:
-            raise DatasetError(f"few-shot cache {path}: {c.impath} has label {c.label} "
-                               f"({c.classname!r}) but the split says "
-                               f"{datum.label + splits.label_offset} ({datum.classname!r})")
-        out.append(datum)
-    return out
-
-
 def _from_cache(splits: DatasetSplits, shots: int, seed: int):
-    """(draw, pkl path) from the released code's cache, or ({}, None) when there is none."""
+    """(draw, pkl path) from the dataset folder's `split_fewshot/shot_K-seed_S.pkl`, or ({}, None).
+
+    A cached absolute path becomes the Datum of `splits` with the longest matching path suffix;
+    cached labels are in the full class list, so classes outside a base/new subset are dropped.
+    """
     if not (splits.fewshot_cache and splits.dataset_dir):
         return {}, None
     path = Path(splits.dataset_dir) / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
     if not path.is_file():
         return {}, None
     cached = read_dassl_fewshot(path)
-    out = {}
+    out: Dict[str, List[Datum]] = {}
     for split in ("train", "val"):
         if split not in cached:
             continue
         known = {os.path.relpath(d.path, splits.image_dir).replace(os.sep, "/"): d
                  for d in getattr(splits, split)}
-        out[split] = _place(cached[split], known, splits, path, split)
+        out[split] = []
+        for c in cached[split]:
+            if not 0 <= c.label - splits.label_offset < splits.num_classes:
+                continue
+            parts = [p for p in re.split(r"[\\/]+", c.impath) if p]
+            datum = next((known[r] for r in ("/".join(parts[i:]) for i in range(len(parts)))
+                          if r in known), None)
+            if datum is None:
+                raise DatasetError(f"few-shot cache {path}: {c.impath} is not an image of the {split} "
+                                   f"split under {splits.image_dir}; the cache was drawn from another "
+                                   "split: delete it or build the dataset with fewshot_cache=False")
+            if datum.label + splits.label_offset != c.label or datum.classname != c.classname:
+                raise DatasetError(f"few-shot cache {path}: {c.impath} has label {c.label} "
+                                   f"({c.classname!r}) but the split says "
+                                   f"{datum.label + splits.label_offset} ({datum.classname!r})")
+            out[split].append(datum)
     check_files_exist((d.path for v in out.values() for d in v), f"few-shot cache {path}",
                       "the images of the dataset's split")
     log.info("%s: using the released code's few-shot draw %s (%s)", splits.name, path,
@@ -138,46 +107,35 @@ def _from_cache(splits: DatasetSplits, shots: int, seed: int):
 
 
 # --------------------------------------------------------------------------- drawing
-MODES = ("dassl", "per_class")
-
-
-def _by_class(data: Sequence[Datum]) -> Dict[int, List[Datum]]:
-    """Items per label, labels in order of first appearance, items in list order."""
+def _by_class(data: Sequence[Datum], k: int, split: str, name: str) -> Dict[int, List[Datum]]:
+    """Items per label, labels in order of first appearance, items in list order; a train class
+    with fewer than `k` items is an error."""
     by_class: Dict[int, List[Datum]] = defaultdict(list)
     for d in data:
         by_class[d.label].append(d)
+    small = [items for items in by_class.values() if len(items) < k]
+    if small and split == "train":
+        raise DatasetError(f"{name}: class {small[0][0].classname!r} has only {len(small[0])} "
+                           f"{split} image(s), fewer than shots={k}: choose data.shots <= "
+                           f"{len(small[0])} or fix the split")
     return by_class
-
-
-def _too_few(name: str, split: str, items: List[Datum], k: int) -> DatasetError:
-    return DatasetError(f"{name}: class {items[0].classname!r} has only {len(items)} {split} "
-                        f"image(s), fewer than shots={k}: choose data.shots <= {len(items)} or "
-                        "fix the split")
 
 
 def draw_dassl(data: Sequence[Datum], k: int, rng: random.Random, split: str,
                name: str) -> List[Datum]:
-    """Dassl's `generate_fewshot_dataset` draw of `k` per class from `rng` (see the module
-    docstring); a train class smaller than `k` is an error, a val class is taken whole."""
+    """Dassl's draw: `rng.sample(items, k)` per class (a smaller val class is taken whole)."""
     out: List[Datum] = []
-    for items in _by_class(data).values():
-        if len(items) >= k:
-            out += rng.sample(items, k)
-        elif split == "train":
-            raise _too_few(name, split, items, k)
-        else:
-            out += items
+    for items in _by_class(data, k, split, name).values():
+        out += rng.sample(items, k) if len(items) >= k else items
     return out
 
 
 def draw_per_class(data: Sequence[Datum], k: int, seed: int, split: str, name: str) -> List[Datum]:
-    """K items per class by the per-class generators of the module docstring."""
+    """Per class, its items sorted by path and shuffled by their own generator: the first `k`."""
     out: List[Datum] = []
-    for label, items in sorted(_by_class(data).items()):
+    for _, items in sorted(_by_class(data, k, split, name).items()):
         items = sorted(items, key=lambda d: d.path)
         random.Random(f"dcp-fewshot:{seed}:{split}:{items[0].classname}").shuffle(items)
-        if len(items) < k and split == "train":
-            raise _too_few(name, split, items, k)
         out += items[:k]
     return out
 
@@ -196,13 +154,9 @@ def _draw(splits: DatasetSplits, target: DatasetSplits, shots: int, seed: int, m
 
 def fewshot(splits: DatasetSplits, shots: int, seed: int, run_dir: Optional[str] = None,
             mode: str = "per_class", subsample: str = "all") -> DatasetSplits:
-    """`splits` with K=`shots` train and min(K, 4) val images per class, then the `subsample`
-    classes (all | base | new) kept.
-
-    `shots <= 0` keeps every image. `mode`: dassl | per_class (module docstring); `dassl`
-    needs `splits` with all classes (it draws before subsampling, as Dassl does). See the
-    module docstring for the released-code cache and the record in `run_dir`.
-    """
+    """`splits` with K=`shots` train and min(K, 4) val images per class (all for K <= 0), of the
+    `subsample` classes (all | base | new). `mode`: dassl | per_class; dassl draws on all classes,
+    so `splits` must hold them all. A record in `run_dir` is repeated, else one is written."""
     if mode not in MODES:
         raise DatasetError(f"few-shot draw must be one of {', '.join(MODES)}, got {mode!r}")
     target = subsample_classes(splits, subsample)
@@ -226,8 +180,7 @@ def fewshot(splits: DatasetSplits, shots: int, seed: int, run_dir: Optional[str]
                                f"classes, this run asks for {want} with {target.num_classes}: "
                                "use another run folder")
         log.info("%s: repeating the few-shot draw recorded in %s", splits.name, record)
-        draw = {"train": rec["train"], "val": rec["val"]}
-        source = f"record {record}"
+        draw, source = {"train": rec["train"], "val": rec["val"]}, f"record {record}"
     else:
         draw, pkl = _from_cache(target, shots, seed)
         source = f"released-code cache {pkl}" if pkl else "drawn"
@@ -244,16 +197,33 @@ def fewshot(splits: DatasetSplits, shots: int, seed: int, run_dir: Optional[str]
     return out
 
 
+# --------------------------------------------------------------------------- records
 def save_fewshot(draw: DatasetSplits, path) -> None:
-    """Write a few-shot `DatasetSplits` (from `fewshot`) as readable JSON, atomically."""
+    """Write a few-shot `DatasetSplits` (from `fewshot`) as readable JSON, atomically; paths
+    relative to the image folder (absolute when outside it)."""
     info = draw.fewshot_info or {}
     doc = {"format": FORMAT, "dataset": draw.name, "shots": info.get("shots"),
            "seed": info.get("seed"), "mode": info.get("mode"), "source": info.get("source"),
-           "subsample": draw.subsample,
-           "image_dir": draw.image_dir, "classnames": draw.classnames}
-    lists = {s: to_entries(getattr(draw, s), draw.image_dir) for s in ("train", "val")}
+           "subsample": draw.subsample, "image_dir": draw.image_dir, "classnames": draw.classnames}
+    lists = {}
+    for split in ("train", "val"):
+        lists[split] = []
+        for d in getattr(draw, split):
+            rel = os.path.relpath(d.path, draw.image_dir) if draw.image_dir else d.path
+            rel = d.path if rel.startswith("..") else rel
+            lists[split].append([Path(rel).as_posix(), d.label, d.classname])
     atomic_write_text(path, json_rows_text(doc, lists))
     log.info("few-shot draw recorded in %s", path)
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read few-shot record {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{path}: not a few-shot record ({FORMAT})")
+    return doc
 
 
 def recorded_info(path) -> Optional[dict]:
@@ -261,29 +231,17 @@ def recorded_info(path) -> Optional[dict]:
     path = Path(path)
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"cannot read few-shot record {path}: {e}") from None
-    if not isinstance(doc, dict):
-        raise DatasetError(f"{path}: not a few-shot record ({FORMAT})")
+    doc = _read_record(path)
     return {k: doc.get(k) for k in ("shots", "seed", "mode", "source")}
 
 
 def load_fewshot(path, image_dir: Optional[str] = None) -> dict:
-    """Read a record of `save_fewshot`: its fields, with `train`/`val` as lists of `Datum`.
-
-    Relative paths are resolved against `image_dir` (default: the recorded one); every file
-    must exist.
-    """
+    """A record of `save_fewshot`: its fields, `train`/`val` as lists of `Datum` with paths
+    resolved against `image_dir` (default: the recorded one). Every file must exist inside it."""
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise DatasetError(f"cannot read few-shot record {path}: {e}") from e
+    doc = _read_record(path)
     need = ("dataset", "shots", "seed", "subsample", "image_dir", "classnames", "train", "val")
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or any(k not in doc for k in need):
+    if doc.get("format") != FORMAT or any(k not in doc for k in need):
         raise DatasetError(f"{path}: not a few-shot record ({FORMAT}) with keys {', '.join(need)}")
     base = image_dir or doc["image_dir"]
     if not (isinstance(base, str) and isinstance(doc["classnames"], list)):
@@ -316,17 +274,15 @@ def subsample_classes(splits: DatasetSplits, subsample: str) -> DatasetSplits:
         return splits
     if splits.subsample != "all":
         raise DatasetError(f"{splits.name} is already subsampled to {splits.subsample!r} classes")
-    c = splits.num_classes
-    m = math.ceil(c / 2)
-    keep = range(0, m) if subsample == "base" else range(m, c)
-    lo = keep.start
+    m = math.ceil(splits.num_classes / 2)
+    keep = range(0, m) if subsample == "base" else range(m, splits.num_classes)
 
     def pick(data: Sequence[Datum]) -> List[Datum]:
-        return [Datum(d.path, d.label - lo, d.classname) for d in data if d.label in keep]
+        return [Datum(d.path, d.label - keep.start, d.classname) for d in data if d.label in keep]
 
     indices = splits.imagenet_indices
     return dataclasses.replace(
         splits, train=pick(splits.train), val=pick(splits.val), test=pick(splits.test),
         classnames=splits.classnames[keep.start:keep.stop],
         imagenet_indices=indices[keep.start:keep.stop] if indices is not None else None,
-        subsample=subsample, label_offset=splits.label_offset + lo)
+        subsample=subsample, label_offset=splits.label_offset + keep.start)

@@ -1,21 +1,9 @@
-"""The one data-loading path, for training and evaluation: items `(image (3, S, S), label,
-index into the list)`, decoded and augmented in `num_workers` worker processes.
+"""The one data-loading path, for training and evaluation: batches of `(images (B, 3, S, S),
+labels (B,), indices into the list (B,))`, decoded in `num_workers` worker processes.
 
-    train = train_loader(data, transform, batch_size=4, seed=s, num_workers=2)
-    train.batch_sampler.set_epoch(epoch_seed)          # before each epoch
-    for images, labels, idx in batches(train, on_bad_image): ...
-    for images, labels, idx in batches(eval_loader(data, transform, 16), on_bad_image): ...
-
-Reproducibility: an epoch's shuffle is a function of its seed (`TrainBatches`) and an image's
-crop and flip of (epoch seed, index) (`SeededImages`), so a resumed epoch replays exactly,
-whatever the number of workers or processes. Under DDP each process takes its slice of the
-same global batches (training) or every W-th batch of the single-process batches
-(evaluation: each image once, in the batch one process would put it in, which matters for
-batch-dependent methods such as DCP `released`).
-
-A file that cannot be decoded is reported by the main process: `batches` raises one
-`DatasetError` naming it (`on_bad_image="fail"`) or logs and drops it (`"skip"`);
-`check_images` reads every header before a run starts.
+An epoch's shuffle depends only on its seed and an image's crop and flip on (epoch seed,
+index), so a resumed epoch replays exactly whatever the number of workers or processes.
+Undecodable files are reported by the main process (`batches`: fail or skip).
 """
 from __future__ import annotations
 
@@ -61,9 +49,8 @@ class ImageDataset(Dataset):
 
 
 class SeededImages(Dataset):
-    """`base[i]` for a key `(seed, i)`, with the augmentation RNG seeded by (seed, i): the same
-    crop and flip for an image whichever worker or process loads it. The seed comes with the
-    key (from `TrainBatches`), so persistent workers follow the epoch."""
+    """`base[i]` for a key `(seed, i)` from `TrainBatches`, the augmentation RNG seeded by (seed, i):
+    the same crop and flip whichever worker or process loads it."""
 
     def __init__(self, base: ImageDataset):
         self.base = base
@@ -84,13 +71,10 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 class TrainBatches(Sampler[List[Tuple[int, int]]]):
-    """This process's slice of the shuffled global batches of one epoch.
-
-    Global batches are `batch_size` consecutive entries of a permutation drawn from `seed`;
-    the last incomplete one is dropped when there is at least one full batch (Dassl). Process
-    r of W takes entries [r*b, (r+1)*b) of each, b = batch_size / W. Entries are keys
-    `(seed, index)` for `SeededImages`; `set_epoch(seed)` before each epoch.
-    """
+    """Process `rank`'s slice of the global batches of one epoch: `batch_size` consecutive entries
+    of a permutation drawn from `seed` (the last incomplete batch dropped when there is a full
+    one, as Dassl), process r of W taking entries [r*b, (r+1)*b), b = batch_size / W. Entries are
+    keys `(seed, index)` for `SeededImages`; `set_epoch(seed)` before each epoch."""
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         if batch_size % world or (world > 1 and n < batch_size):
@@ -114,7 +98,8 @@ class TrainBatches(Sampler[List[Tuple[int, int]]]):
 
 
 class EvalBatches(Sampler[List[int]]):
-    """Consecutive batches in list order; process r evaluates batches r, r+W, r+2W, ..."""
+    """Consecutive batches in list order; process r evaluates batches r, r+W, r+2W, ... (each
+    image once, in the batch one process would put it in: DCP `released` depends on it)."""
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
@@ -152,7 +137,7 @@ def train_loader(data: Sequence[Datum], transform: Callable, batch_size: int, se
                  num_workers: int = 0, rank: int = 0, world: int = 1,
                  exif_transpose: bool = False) -> DataLoader:
     """Shuffled, augmented batches; its workers live across epochs (`set_epoch` on its
-    `batch_sampler` moves it to the next epoch)."""
+    `batch_sampler` before each)."""
     images = SeededImages(ImageDataset(data, transform, exif_transpose))
     return _loader(images, TrainBatches(len(data), batch_size, seed, rank, world), num_workers,
                    seed, persistent=True)
@@ -179,8 +164,8 @@ def batches(loader: DataLoader, on_bad_image: str = "fail") -> Iterator[tuple]:
 
 
 def check_images(data: Sequence[Datum], on_bad_image: str, desc: str) -> List[Datum]:
-    """Read every image's header (not its pixels) before a run uses it: a file that is not an
-    image fails here, naming it, or is dropped with `on_bad_image="skip"`."""
+    """`data` after reading every image's header (not its pixels): a file that is not an image
+    fails here, naming it, or is dropped with `on_bad_image="skip"`."""
     keep, bad = [], []
     for d in Progress(data, desc=f"checking {desc}", unit="img", log_every=30):
         try:

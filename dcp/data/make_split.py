@@ -43,48 +43,45 @@ FOLDER_DATASETS: Dict[str, Tuple[Sequence[str], Dict[str, str]]] = {
     "ucf101": ((), {}),
 }
 SUPPORTED = sorted(FOLDER_DATASETS) + ["sun397", "folder", "csv"]
+Groups = Dict[Tuple[int, str], List[str]]       # (label, classname) -> relative image paths
 
 
-def _sun397_classes(image_dir: Path) -> List[Tuple[str, str]]:
-    """(relative class folder, CoOp class name) for SUN397's `<letter>/<name>[/<sub>]` leaves."""
-    out = []
-    for folder in sorted(p for p in image_dir.rglob("*") if p.is_dir()):
-        rel = folder.relative_to(image_dir).as_posix()
-        if len(rel.split("/")) >= 2 and list_images(folder):
-            out.append((rel, " ".join(rel.split("/")[1:][::-1])))
-    return out
+def _csv_groups(path: Path) -> Groups:
+    if not path.is_file():
+        raise DatasetError(f"make_split csv: {path} is not a CSV file of path,label[,classname]")
+    groups: Groups = defaultdict(list)
+    for p, label, cname in read_csv_rows(path):
+        groups[(label, cname)].append(p)
+    labels = sorted({lab for lab, _ in groups})
+    if labels != list(range(len(labels))) or len(labels) != len(groups):
+        raise DatasetError(f"make_split csv: {path} must use labels 0..C-1 with one class name "
+                           f"each; got labels {labels[:10]}")
+    return dict(sorted(groups.items()))
 
 
-def collect(dataset: str, root: Path) -> Tuple[Path, Dict[Tuple[int, str], List[str]], str, Path]:
-    """(base folder of the paths, {(label, classname): [relative paths]}, default output name,
-    the data folder that must not be written to)."""
-    groups: Dict[Tuple[int, str], List[str]] = {}
+def collect(dataset: str, root: Path) -> Tuple[Path, Groups, str, Path]:
+    """(folder the paths are relative to, the images by class, default output name, the data
+    folder that must not be written to)."""
     if dataset == "csv":
-        if not root.is_file():
-            raise DatasetError(f"make_split csv: {root} is not a CSV file of path,label[,classname]")
-        by_label: Dict[Tuple[int, str], List[str]] = defaultdict(list)
-        for p, label, cname in read_csv_rows(root):
-            by_label[(label, cname)].append(p)
-        labels = sorted({lab for lab, _ in by_label})
-        if labels != list(range(len(labels))) or len(labels) != len(by_label):
-            raise DatasetError(f"make_split csv: {root} must use labels 0..C-1 with one class name "
-                               f"each; got labels {labels[:10]}")
-        return root.parent, dict(sorted(by_label.items())), root.stem, root.parent
-    reader = _reader(dataset)
+        return root.parent, _csv_groups(root), root.stem, root.parent
     if dataset == "folder":
         base, name, protect = root, root.name, root
         classes = [(c, c) for c in list_class_dirs(root)]
     else:
-        dataset_dir = reader.locate(root)
-        base, name, protect = dataset_dir / reader.images, reader.split_name, dataset_dir
+        reader = _reader(dataset)
+        protect = reader.locate(root)
+        base, name = protect / reader.images, reader.split_name
         reader.require_dir(base, "image folder")
-        if dataset == "sun397":
-            classes = _sun397_classes(base)
+        if dataset == "sun397":        # <letter>/<name>[/<sub>] leaves, named "<sub> <name>"
+            leaves = [p.relative_to(base).as_posix() for p in sorted(base.rglob("*")) if p.is_dir()]
+            classes = [(rel, " ".join(rel.split("/")[1:][::-1])) for rel in leaves
+                       if len(rel.split("/")) >= 2 and list_images(base / rel)]
         else:
             ignored, renames = FOLDER_DATASETS[dataset]
             classes = [(c, renames.get(c, c)) for c in list_class_dirs(base) if c not in ignored]
     if not classes:
         raise DatasetError(f"make_split {dataset}: no class folders in {base}")
+    groups: Groups = {}
     for label, (folder, cname) in enumerate(classes):
         files = list_images(base / folder)
         if not files:
@@ -93,8 +90,9 @@ def collect(dataset: str, root: Path) -> Tuple[Path, Dict[Tuple[int, str], List[
     return base, groups, name, protect
 
 
-def split_groups(groups: Dict[Tuple[int, str], List[str]], seed: int, p_train: float,
-                 p_val: float, where: Path) -> Dict[str, List[list]]:
+def split_groups(groups: Groups, seed: int, p_train: float, p_val: float,
+                 where: Path) -> Dict[str, List[list]]:
+    """The split file's lists: per class, its shuffled images cut by the proportions."""
     out: Dict[str, List[list]] = {"train": [], "val": [], "test": []}
     for (label, cname), paths in groups.items():
         items = sorted(paths)

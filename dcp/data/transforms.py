@@ -1,4 +1,4 @@
-"""CLIP image transforms (docs/methods.md, "Training") and robust image decoding."""
+"""CLIP image transforms (docs/methods.md, "Training") and image decoding as Dassl does it."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -12,25 +12,18 @@ from dcp.clip.loading import CLIP_MEAN, CLIP_STD, image_transform
 
 def build_transform(train: bool, size: int = 224,
                     crop_scale: Sequence[float] = (0.08, 1.0)) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image -> float tensor (3, size, size), CLIP-normalised.
-
-    train: RandomResizedCrop(size, scale=crop_scale, bicubic) + horizontal flip (Dassl's);
-    test: resize the short side to `size` (bicubic) + centre crop (CLIP's preprocessing).
-    Randomness comes from torch's RNG (seeded per data-loader worker by the loader's generator).
-    """
+    """PIL RGB image -> CLIP-normalised float tensor (3, size, size). Train: Dassl's random
+    resized crop (bicubic) and flip, drawn from torch's RNG; test: CLIP's resize and centre crop."""
     if not train:
         return image_transform(size)
-    return T.Compose([T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BICUBIC),
+    bicubic = T.InterpolationMode.BICUBIC
+    return T.Compose([T.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=bicubic),
                       T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
 
 
 def load_image(path: str, exif_transpose: bool = False) -> Image.Image:
-    """Decode `path` as RGB the way Dassl does (`Image.open(path).convert("RGB")`: grayscale,
-    CMYK, palette and alpha images converted, alpha dropped). `exif_transpose`: rotate by the
-    EXIF orientation tag first (off by default, as in Dassl and CLIP; `data.exif_transpose`).
-
-    Raises OSError / ValueError (and PIL's errors, which derive from them) on undecodable files.
-    """
+    """`path` decoded as RGB like Dassl's `Image.open(path).convert("RGB")`, first rotated by its
+    EXIF orientation with `exif_transpose`. Raises OSError / ValueError on undecodable files."""
     with Image.open(path) as im:
         im.load()
         if exif_transpose:
