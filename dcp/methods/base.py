@@ -131,5 +131,6 @@ def build_method(opts: MethodOptions, clip: CLIP, classnames: Sequence[str],
     checkpointing, text_chunk (see the module docstring)."""
     cls = METHODS.get(opts.name)
     if not isinstance(opts, cls.Options):
-        raise TypeError(f"method {opts.name!r} expects {cls.Options.__name__}, got {type(opts).__name__}")
+        raise TypeError(f"method {opts.name!r} expects {cls.Options.__qualname__}, "
+                        f"got {type(opts).__qualname__}")
     return cls(clip, classnames, opts, template=template, **switches)

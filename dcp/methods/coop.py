@@ -15,44 +15,26 @@ from ..registry import METHODS
 from .base import PromptModel
 
 
-@dataclass
-class ZeroShotOptions(MethodOptions):
-    name: str = "zeroshot"
-    template: str = ""            # "" = the dataset's CoOp template, e.g. "a photo of a {}."
-
-    def validate(self):
-        if self.template and self.template.count("{}") != 1:
-            raise ValueError(f"template must hold one {{}} where the class name goes, got "
-                             f"{self.template[:80]!r}")
-
-
 @METHODS.register("zeroshot")
 class ZeroShot(PromptModel):
     """CLIP with one hand-written template per dataset; nothing is learned."""
-    Options = ZeroShotOptions
 
-    def __init__(self, clip, classnames, opts: ZeroShotOptions, template="a photo of a {}.", **switches):
+    @dataclass
+    class Options(MethodOptions):
+        name: str = "zeroshot"
+        template: str = ""        # "" = the dataset's CoOp template, e.g. "a photo of a {}."
+
+        def validate(self):
+            if self.template and self.template.count("{}") != 1:
+                raise ValueError(f"template must hold one {{}} where the class name goes, got "
+                                 f"{self.template[:80]!r}")
+
+    def __init__(self, clip, classnames, opts: Options, template="a photo of a {}.", **switches):
         super().__init__(clip, classnames, opts, template, **switches)
         self.set_class_texts(class_texts(self.classnames, opts.template or template))
 
     def precompute(self) -> Dict[str, Tensor]:
         return {"text": encode_texts(self.clip, self.texts, cut=self.speedups, chunk=self.text_chunk)}
-
-
-@dataclass
-class CoOpOptions(MethodOptions):
-    name: str = "coop"
-    n_ctx: int = 16
-    init: str = ""                        # init words; n_ctx becomes their count
-    class_token_position: str = "end"     # end | middle | front
-    class_specific: bool = False          # one context per class (C, n, Dt)
-
-    def validate(self):
-        if self.class_token_position not in ("end", "middle", "front"):
-            raise ValueError(f"class_token_position must be end, middle or front, "
-                             f"not {self.class_token_position!r}")
-        if self.n_ctx < 1 and not self.init:
-            raise ValueError("n_ctx must be >= 1")
 
 
 @METHODS.register("coop")
@@ -62,9 +44,23 @@ class CoOp(PromptModel):
     end:    [SOS][ctx][class .][EOS];  middle: [SOS][ctx/2][class][ctx/2][.][EOS];
     front:  [SOS][class][ctx][.][EOS]. ctx: (n, Dt), or (C, n, Dt) class-specific.
     """
-    Options = CoOpOptions
 
-    def __init__(self, clip, classnames, opts: CoOpOptions, template="a photo of a {}.", **switches):
+    @dataclass
+    class Options(MethodOptions):
+        name: str = "coop"
+        n_ctx: int = 16
+        init: str = ""                        # init words; n_ctx becomes their count
+        class_token_position: str = "end"     # end | middle | front
+        class_specific: bool = False          # one context per class (C, n, Dt)
+
+        def validate(self):
+            if self.class_token_position not in ("end", "middle", "front"):
+                raise ValueError(f"class_token_position must be end, middle or front, "
+                                 f"not {self.class_token_position!r}")
+            if self.n_ctx < 1 and not self.init:
+                raise ValueError("n_ctx must be >= 1")
+
+    def __init__(self, clip, classnames, opts: Options, template="a photo of a {}.", **switches):
         super().__init__(clip, classnames, opts, template, **switches)
         n = len(init_words(opts.init)) or opts.n_ctx
         prefix, use_init = prompt_prefix(n, opts.init)
@@ -100,13 +96,6 @@ class CoOp(PromptModel):
                                      embeds=self.embeddings(), checkpoint=self.checkpointing)}
 
 
-@dataclass
-class CoCoOpOptions(MethodOptions):
-    name: str = "cocoop"
-    n_ctx: int = 4
-    init: str = "a photo of a"
-
-
 @METHODS.register("cocoop")
 class CoCoOp(PromptModel):
     """Context conditioned on the image: ctx_i = ctx + meta_net(norm(f_img_i)).
@@ -114,9 +103,14 @@ class CoCoOp(PromptModel):
     meta_net: Linear(E, E//16) - ReLU - Linear(E//16, Dt). The text tower runs once per
     image, so nothing can be cached across images.
     """
-    Options = CoCoOpOptions
 
-    def __init__(self, clip, classnames, opts: CoCoOpOptions, template="a photo of a {}.", **switches):
+    @dataclass
+    class Options(MethodOptions):
+        name: str = "cocoop"
+        n_ctx: int = 4
+        init: str = "a photo of a"
+
+    def __init__(self, clip, classnames, opts: Options, template="a photo of a {}.", **switches):
         super().__init__(clip, classnames, opts, template, **switches)
         n = len(init_words(opts.init)) or opts.n_ctx
         prefix, use_init = prompt_prefix(n, opts.init)

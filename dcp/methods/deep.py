@@ -177,78 +177,76 @@ def _check_depth(depth: int, blocks: int, tower: str, key: str) -> None:
 
 
 # ---------------------------------------------------------------------- presets
-def preset(options: type) -> type:
-    """Register the deep learner under `options.name`, with `options` as its defaults."""
-    learner = type(options.__name__.removesuffix("Options"), (DeepPrompts,), {"Options": options})
-    METHODS.register(options.name)(learner)
-    return options
+@METHODS.register("vpt")
+class VPT(DeepPrompts):
+    @dataclass
+    class Options(DeepOptions):
+        """VPT-deep: vision prompts only; text = frozen "a photo of a {}."."""
+        name: str = "vpt"
+        n_ctx: int = 0
+        n_ctx_vision: int = 8
+        depth: int = 12
 
 
-@preset
-@dataclass
-class VPTOptions(DeepOptions):
-    """VPT-deep: vision prompts only; text = frozen "a photo of a {}."."""
-    name: str = "vpt"
-    n_ctx: int = 0
-    n_ctx_vision: int = 8
-    depth: int = 12
+@METHODS.register("ivlp")
+class IVLP(DeepPrompts):
+    @dataclass
+    class Options(DeepOptions):
+        """Independent vision-language prompts (released config: n 2/2, depth 12/12)."""
+        name: str = "ivlp"
+        depth: int = 12
 
 
-@preset
-@dataclass
-class IVLPOptions(DeepOptions):
-    """Independent vision-language prompts (released config: n 2/2, depth 12/12)."""
-    name: str = "ivlp"
-    depth: int = 12
+@METHODS.register("maple")
+class MaPLe(DeepPrompts):
+    @dataclass
+    class Options(DeepOptions):
+        """MaPLe: text prompts per block; vision prompts are Linear_i(text prompt_i)."""
+        name: str = "maple"
+        depth: int = 9
+        vision_params: int = 0
+        fusion: str = "maple"
 
 
-@preset
-@dataclass
-class MaPLeOptions(DeepOptions):
-    """MaPLe: text prompts per block; vision prompts are Linear_i(text prompt_i)."""
-    name: str = "maple"
-    depth: int = 9
-    vision_params: int = 0
-    fusion: str = "maple"
+@METHODS.register("mudpt")
+class MuDPT(DeepPrompts):
+    @dataclass
+    class Options(DeepOptions):
+        """MuDPT: deep prompts in both towers fused by the Injection Model (docs/methods.md)."""
+        name: str = "mudpt"
+        depth: int = 9
+        fusion: str = ""            # "" = by variant: paper -> injection, released -> linear_injection
+
+        def fusion_name(self) -> str:
+            return self.fusion or {"paper": "injection", "released": "linear_injection"}[self.variant]
+
+        @property
+        def cut_init(self) -> bool:
+            return self.variant == "released"      # "a photo {}." for n = 2
 
 
-@preset
-@dataclass
-class MuDPTOptions(DeepOptions):
-    """MuDPT: deep prompts in both towers fused by the Injection Model (docs/methods.md)."""
-    name: str = "mudpt"
-    depth: int = 9
-    fusion: str = ""                # "" = by variant: paper -> injection, released -> linear_injection
+@METHODS.register("dcp")
+class DCP(DeepPrompts):
+    @dataclass
+    class Options(DeepOptions):
+        """DCP: shallow prompts T0/V0; CMPA generates every deeper prompt (docs/methods.md)."""
+        name: str = "dcp"
+        n_ctx: int = 16
+        n_ctx_vision: int = 16
+        depth: int = 10
+        text_params: int = 1
+        vision_params: int = 1
+        fusion: str = ""            # "" = by variant: paper -> cmpa, released -> cmpa_released
+        share: bool = True          # one CMPA module for all blocks (else one per block 1..P-1)
+        fusing: str = "mean"        # released: pool over the batch with mean | max | first
+        momentum: float = 0.1       # paper: running mean of the visual summary
 
-    def fusion_name(self) -> str:
-        return self.fusion or {"paper": "injection", "released": "linear_injection"}[self.variant]
+        def validate(self):
+            if self.fusing not in ("mean", "max", "first"):
+                raise ValueError(f"fusing must be mean, max or first, not {self.fusing!r}")
+            if not 0 < self.momentum <= 1:
+                raise ValueError(f"momentum must be in (0, 1], got {self.momentum}")
+            super().validate()
 
-    @property
-    def cut_init(self) -> bool:
-        return self.variant == "released"      # "a photo {}." for n = 2
-
-
-@preset
-@dataclass
-class DCPOptions(DeepOptions):
-    """DCP: shallow prompts T0/V0; CMPA generates every deeper prompt (docs/methods.md)."""
-    name: str = "dcp"
-    n_ctx: int = 16
-    n_ctx_vision: int = 16
-    depth: int = 10
-    text_params: int = 1
-    vision_params: int = 1
-    fusion: str = ""                # "" = by variant: paper -> cmpa, released -> cmpa_released
-    share: bool = True              # one CMPA module for all blocks (else one per block 1..P-1)
-    fusing: str = "mean"            # released: pool over the batch with mean | max | first
-    momentum: float = 0.1           # paper: running mean of the visual summary
-
-    def validate(self):
-        if self.fusing not in ("mean", "max", "first"):
-            raise ValueError(f"fusing must be mean, max or first, not {self.fusing!r}")
-        if not 0 < self.momentum <= 1:
-            raise ValueError(f"momentum must be in (0, 1], got {self.momentum}")
-        super().validate()
-
-    def fusion_name(self) -> str:
-        return self.fusion or {"paper": "cmpa", "released": "cmpa_released"}[self.variant]
+        def fusion_name(self) -> str:
+            return self.fusion or {"paper": "cmpa", "released": "cmpa_released"}[self.variant]
