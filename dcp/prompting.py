@@ -13,9 +13,6 @@ i < depth, asks a `step` function for the prompt tokens to put into the sequence
         None at block 0 and for a tower that is not run. A returned tensor of shape (n, D)
         is broadcast over the batch; None leaves the slots as they are (at block 0: no
         prompts in that tower).
-
-Text sequences are cut to the longest EOS position + 1 (`ClassTexts.cut`): the mask is causal,
-so nothing after EOS reaches the EOS feature.
 """
 from __future__ import annotations
 
@@ -48,7 +45,7 @@ def run_towers(clip: CLIP, images: Optional[Tensor] = None, text: Optional[Tenso
     `checkpoint` recomputes each block in the backward pass instead of storing its
     activations (same gradients, far less memory, ~1/3 more compute).
     """
-    run = _checkpointed if checkpoint and torch.is_grad_enabled() else _call
+    checkpoint = checkpoint and torch.is_grad_enabled()
     v = clip.visual.embed(images) if images is not None else None
     t = text.to(clip.dtype) if text is not None else None
     n_v = n_t = 0
@@ -75,43 +72,34 @@ def run_towers(clip: CLIP, images: Optional[Tensor] = None, text: Optional[Tenso
             if pt is not None and n_t:
                 t = torch.cat([t[:, :1], _fit(pt, t.shape[0], t), t[:, 1 + n_t:]], dim=1)
         if i < len(vblocks):
-            v = run(vblocks[i], v)
+            v = _run(vblocks[i], v, checkpoint)
         if i < len(tblocks):
-            t = run(tblocks[i], t)
+            t = _run(tblocks[i], t, checkpoint)
     return v, t
 
 
-def _call(block, x: Tensor) -> Tensor:
+def _run(block, x: Tensor, checkpoint: bool) -> Tensor:
+    if checkpoint:
+        return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
     return block(x)
-
-
-def _checkpointed(block, x: Tensor) -> Tensor:
-    return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
 
 
 @dataclass
 class ClassTexts:
-    """Tokenised class prompts "<prefix> <classname>." with n prompt slots at positions 1..n.
-
-    tokens: (C, 77) int64; eot: (C,) EOS positions; `cut` is the shortest length that keeps
-    every EOS (longest EOS position + 1).
-    """
+    """Tokenised class prompts: tokens (C, 77) int64, eot (C,) EOS positions. `cut` is the
+    shortest length that keeps every EOS (docs/methods.md, "Conventions": exact speed-ups)."""
     tokens: Tensor
     eot: Tensor
-    n: int
 
     @property
     def cut(self) -> int:
         return int(self.eot.max()) + 1
 
-    def to(self, device) -> "ClassTexts":
-        return ClassTexts(self.tokens.to(device), self.eot.to(device), self.n)
 
-
-def class_texts(classnames: Sequence[str], template: str, n: int = 0) -> ClassTexts:
-    """Tokenise `template.format(name)` per class; its first n tokens become prompt slots."""
+def class_texts(classnames: Sequence[str], template: str) -> ClassTexts:
+    """Tokenise `template.format(name)` per class."""
     tokens = tokenize([template.format(prompt_classname(name)) for name in classnames])
-    return ClassTexts(tokens, tokens.argmax(dim=-1), n)
+    return ClassTexts(tokens, tokens.argmax(dim=-1))
 
 
 def prompt_classname(name: str) -> str:
@@ -134,13 +122,9 @@ def init_words(init: str) -> List[str]:
 
 def prompt_prefix(n: int, init: str, max_init_words: Optional[int] = None,
                   cut: bool = False) -> Tuple[str, bool]:
-    """The text before the class name, and whether init words initialise the n slots.
-
-    Init words are used when given and n <= their count (and <= max_init_words): the whole
-    phrase stays in the prompt (or only its first n words with `cut`). Otherwise the prefix
-    is n placeholders "X X ... X" and the prompts start random (docs/methods.md). With
-    n = 0 the init words are plain fixed text.
-    """
+    """The text before the class name, and whether init words initialise the n slots
+    (docs/methods.md, "Conventions": init words). `cut` keeps only the first n init words;
+    with n = 0 the init words are plain fixed text."""
     words = init_words(init)
     if n == 0:
         return " ".join(words), False
@@ -158,10 +142,8 @@ def init_embeddings(clip: CLIP, init: str, n: int) -> Tensor:
 def encode_texts(clip: CLIP, texts: ClassTexts, step: Optional[Step] = None, depth: int = 0,
                  cut: bool = True, chunk: int = 512, embeds: Optional[Tensor] = None,
                  checkpoint: bool = False) -> Tensor:
-    """Class text features (C, E), in chunks of `chunk` classes.
-
-    `embeds` (C, L, Dt) replaces the token embeddings when a method builds them itself.
-    """
+    """Class text features (C, E), `chunk` classes at a time. `embeds` (C, L, Dt) replaces the
+    token embeddings when a method builds them itself (CoOp)."""
     L = texts.cut if cut else texts.tokens.shape[1]
     feats = []
     for s in range(0, texts.tokens.shape[0], chunk):
@@ -172,17 +154,8 @@ def encode_texts(clip: CLIP, texts: ClassTexts, step: Optional[Step] = None, dep
     return torch.cat(feats)
 
 
-def per_block(prompts: Sequence[Optional[Tensor]]) -> Callable[[int], Optional[Tensor]]:
-    """A list of per-block prompts as a lookup that is None past its end."""
-    return lambda i: prompts[i] if i < len(prompts) else None
-
-
 def static_step(vision: Sequence[Optional[Tensor]] = (), text: Sequence[Optional[Tensor]] = ()) -> Step:
-    """A step that writes fixed per-block prompts (they do not depend on the running states)."""
-    pv, pt = per_block(vision), per_block(text)
-    return lambda i, v, t: (pv(i), pt(i))
-
-
-__all__ = ["run_towers", "ClassTexts", "class_texts", "prompt_prefix", "init_embeddings",
-           "init_words", "prompt_classname", "duplicate_classnames",
-           "encode_texts", "static_step", "per_block", "Step"]
+    """A step that writes fixed per-block prompts (None past the end of a list)."""
+    def step(i, v, t):
+        return (vision[i] if i < len(vision) else None), (text[i] if i < len(text) else None)
+    return step

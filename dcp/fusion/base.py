@@ -6,9 +6,10 @@ A fusion module is an `nn.Module` registered in `FUSIONS` and built by the deep-
 - `supports`: the method names it serves; any other method is refused at config time with
   an error naming the fusion and the method (e.g. MaPLe owns no visual prompts to fuse).
 - `__init__(self, dims, *, <options>)`: `dims` (`Dims`) gives the widths and the prompt
-  layout (which blocks own a learned prompt); a layout it cannot serve is a ValueError. Each keyword option is filled from the method option of the same name (DCP's
-  `share`, `momentum`, `fusing`: their defaults live in the method's options, nowhere else),
-  else from `method.fusion_args`; an unknown or missing option is a config error naming it.
+  layout (which blocks own a learned prompt); a layout it cannot serve is a ValueError.
+  Each keyword option is filled from the method option of the same name (DCP's `share`,
+  `momentum`, `fusing`: their defaults live in the method's options, nowhere else), else
+  from `method.fusion_args`; an unknown or missing option is a config error naming it.
 - Parameters it creates are trained; buffers are saved in checkpoints.
 - `batch_dependent = True` says an image's prediction depends on its test batch (DCP
   `released`); the test batch size then belongs to the run's setting.
@@ -97,32 +98,29 @@ class StateFusion(Fusion):
 
 
 def fusion_options(name: str, opts) -> Dict[str, object]:
-    """The keyword options of fusion `name` for method options `opts` (see the contract).
-
-    Raises ValueError naming the fusion, the method and the offending option."""
+    """The keyword options of fusion `name` for method options `opts` (see the contract);
+    a ValueError names the fusion, the method or the offending option."""
     cls = FUSIONS.get(name)
     if opts.name not in cls.supports:
         raise ValueError(f"fusion {name!r} does not support method {opts.name!r}; it supports: "
                          f"{', '.join(cls.supports) or 'nothing'} (see its docstring)")
     params = {p.name: p for p in list(inspect.signature(cls.__init__).parameters.values())[2:]
               if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    args = dict(opts.fusion_args)
+    args = opts.fusion_args
     unknown = sorted(set(args) - set(params))
     if unknown:
         raise ValueError(f"fusion_args: fusion {name!r} has no option {unknown[0]!r}; its "
                          f"options: {', '.join(params) or 'none'}")
     out = {}
     for key, p in params.items():
-        from_method = hasattr(opts, key) and key != "fusion_args"
-        if from_method and key in args:
-            raise ValueError(f"fusion_args.{key}: set method.{key} instead (one place for it)")
-        if from_method:
+        if hasattr(opts, key) and key != "fusion_args":
+            if key in args:
+                raise ValueError(f"fusion_args.{key}: set method.{key} instead (one place for it)")
             out[key] = getattr(opts, key)
         elif key in args:
             out[key] = args[key]
         elif p.default is p.empty:
-            raise ValueError(f"fusion {name!r} needs option {key!r}: give method.fusion_args."
-                             f"{key}")
+            raise ValueError(f"fusion {name!r} needs option {key!r}: give method.fusion_args.{key}")
     return out
 
 

@@ -72,12 +72,9 @@ class _CMPA(StateFusion):
 
 @FUSIONS.register("cmpa")
 class CMPA(_CMPA):
-    """This project's reading of the paper: mutual, per image, batch-independent.
-
-    Each image updates its own visual prompts; the text side is queried by a visual summary
-    v_bar: the batch mean in training, a running mean (buffer (P-1, n, Dv), updated with
-    `momentum`) at evaluation; t' is written back into the text tower.
-    """
+    """This project's reading of the paper (docs/methods.md, "DCP", `variant: paper`): each
+    image updates its own visual prompts; the text side is queried by the visual summary v_bar,
+    the batch mean in training, the running mean `running_v` (P-1, n, Dv) at evaluation."""
 
     def __init__(self, dims, *, share: bool, momentum: float):
         super().__init__(dims, share=share)
@@ -104,9 +101,9 @@ class CMPA(_CMPA):
 
 @FUSIONS.register("cmpa_released")
 class CMPAReleased(_CMPA):
-    """The released code: visual states pooled over the batch (`fusing` mean/max/first) and
-    the one result broadcast to every image; the fused text is never written back (so the
-    text half is never computed here: it could not change any output)."""
+    """The released code (docs/methods.md, "DCP", `variant: released`): visual states pooled
+    over the batch (`fusing`), the one result broadcast to every image; the fused text is never
+    written back, so its half is not computed here (it could not change any output)."""
     batch_dependent = True          # an image's prediction depends on its test batch
 
     def __init__(self, dims, *, share: bool, fusing: str):

@@ -2,15 +2,15 @@
 
     model = build_method(cfg.method, clip, classnames, template="a photo of a {}.")
     logits = model(images)                    # (B, C); train mode: everything recomputed
-
-Switches are constructor options, fixed for the model's life: `speedups=False` runs the
-reference path (77-token text, nothing cached: the released code's computation, slower, the
-same logits), `checkpointing=True` recomputes block activations in the backward pass (the
-same gradients, far less memory), `text_chunk` classes go through the text tower at a time.
     model.eval()
     with torch.no_grad():
         cache = model.precompute()            # all that does not depend on the image
         logits = model(images, cache)         # the same logits, far cheaper per batch
+
+Switches, fixed for the model's life: `speedups=False` runs the reference path (77-token text,
+nothing cached: the released code's computation, the same logits), `checkpointing=True`
+recomputes block activations in the backward pass, `text_chunk` classes go through the text
+tower at a time.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class PromptModel(nn.Module):
         self.opts = opts
         self.classnames = [prompt_classname(c) for c in classnames]
         self.template = template
-        self.speedups = speedups          # cut text to the longest EOS (see the module docstring)
+        self.speedups = speedups          # cut text to the longest EOS, cache (module docstring)
         self.checkpointing = checkpointing
         self.text_chunk = text_chunk      # classes per text-tower call
 
@@ -55,11 +55,10 @@ class PromptModel(nn.Module):
         """Keep the tokenised class prompts as (non-saved) buffers so they follow `.to()`."""
         self.register_buffer("text_tokens", texts.tokens, persistent=False)
         self.register_buffer("text_eot", texts.eot, persistent=False)
-        self.n_text_slots = texts.n
 
     @property
     def texts(self) -> ClassTexts:
-        return ClassTexts(self.text_tokens, self.text_eot, self.n_text_slots)
+        return ClassTexts(self.text_tokens, self.text_eot)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -93,7 +92,10 @@ class PromptModel(nn.Module):
         return None
 
     def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
-        raise NotImplementedError
+        """(B, 3, R, R) -> (B, C): the frozen image features against the cached class text
+        features (zero-shot, CoOp; methods with prompts on the image side override this)."""
+        cache = cache or self.precompute()
+        return self.logits(self.frozen_image_features(images), cache["text"])
 
     # ---------------------------------------------------------------- checkpoints
     def trainable_state_dict(self) -> Dict[str, Tensor]:
@@ -129,5 +131,6 @@ def build_method(opts: MethodOptions, clip: CLIP, classnames: Sequence[str],
     checkpointing, text_chunk (see the module docstring)."""
     cls = METHODS.get(opts.name)
     if not isinstance(opts, cls.Options):
-        raise TypeError(f"method {opts.name!r} expects {cls.Options.__name__}, got {type(opts).__name__}")
+        raise TypeError(f"method {opts.name!r} expects {cls.Options.__qualname__}, "
+                        f"got {type(opts).__qualname__}")
     return cls(clip, classnames, opts, template=template, **switches)

@@ -15,48 +15,26 @@ from ..registry import METHODS
 from .base import PromptModel
 
 
-@dataclass
-class ZeroShotOptions(MethodOptions):
-    name: str = "zeroshot"
-    template: str = ""            # "" = the dataset's CoOp template, e.g. "a photo of a {}."
-
-    def validate(self):
-        if self.template and self.template.count("{}") != 1:
-            raise ValueError(f"template must hold one {{}} where the class name goes, got "
-                             f"{self.template[:80]!r}")
-
-
 @METHODS.register("zeroshot")
 class ZeroShot(PromptModel):
     """CLIP with one hand-written template per dataset; nothing is learned."""
-    Options = ZeroShotOptions
 
-    def __init__(self, clip, classnames, opts: ZeroShotOptions, template="a photo of a {}.", **switches):
+    @dataclass
+    class Options(MethodOptions):
+        name: str = "zeroshot"
+        template: str = ""        # "" = the dataset's CoOp template, e.g. "a photo of a {}."
+
+        def validate(self):
+            if self.template and self.template.count("{}") != 1:
+                raise ValueError(f"template must hold one {{}} where the class name goes, got "
+                                 f"{self.template[:80]!r}")
+
+    def __init__(self, clip, classnames, opts: Options, template="a photo of a {}.", **switches):
         super().__init__(clip, classnames, opts, template, **switches)
         self.set_class_texts(class_texts(self.classnames, opts.template or template))
 
     def precompute(self) -> Dict[str, Tensor]:
         return {"text": encode_texts(self.clip, self.texts, cut=self.speedups, chunk=self.text_chunk)}
-
-    def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
-        cache = cache or self.precompute()
-        return self.logits(self.frozen_image_features(images), cache["text"])
-
-
-@dataclass
-class CoOpOptions(MethodOptions):
-    name: str = "coop"
-    n_ctx: int = 16
-    init: str = ""                        # init words; n_ctx becomes their count
-    class_token_position: str = "end"     # end | middle | front
-    class_specific: bool = False          # one context per class (C, n, Dt)
-
-    def validate(self):
-        if self.class_token_position not in ("end", "middle", "front"):
-            raise ValueError(f"class_token_position must be end, middle or front, "
-                             f"not {self.class_token_position!r}")
-        if self.n_ctx < 1 and not self.init:
-            raise ValueError("n_ctx must be >= 1")
 
 
 @METHODS.register("coop")
@@ -66,13 +44,27 @@ class CoOp(PromptModel):
     end:    [SOS][ctx][class .][EOS];  middle: [SOS][ctx/2][class][ctx/2][.][EOS];
     front:  [SOS][class][ctx][.][EOS]. ctx: (n, Dt), or (C, n, Dt) class-specific.
     """
-    Options = CoOpOptions
 
-    def __init__(self, clip, classnames, opts: CoOpOptions, template="a photo of a {}.", **switches):
+    @dataclass
+    class Options(MethodOptions):
+        name: str = "coop"
+        n_ctx: int = 16
+        init: str = ""                        # init words; n_ctx becomes their count
+        class_token_position: str = "end"     # end | middle | front
+        class_specific: bool = False          # one context per class (C, n, Dt)
+
+        def validate(self):
+            if self.class_token_position not in ("end", "middle", "front"):
+                raise ValueError(f"class_token_position must be end, middle or front, "
+                                 f"not {self.class_token_position!r}")
+            if self.n_ctx < 1 and not self.init:
+                raise ValueError("n_ctx must be >= 1")
+
+    def __init__(self, clip, classnames, opts: Options, template="a photo of a {}.", **switches):
         super().__init__(clip, classnames, opts, template, **switches)
         n = len(init_words(opts.init)) or opts.n_ctx
         prefix, use_init = prompt_prefix(n, opts.init)
-        self.set_class_texts(class_texts(self.classnames, prefix + " {}.", n))
+        self.set_class_texts(class_texts(self.classnames, prefix + " {}."))
         C, dt = len(self.classnames), self.dims["dt"]
         shape = (C, n, dt) if opts.class_specific else (n, dt)
         ctx = (init_embeddings(clip, opts.init, n).expand(shape).clone() if use_init
@@ -82,41 +74,26 @@ class CoOp(PromptModel):
 
     def _order(self, position: str, n: int) -> Tensor:
         """(C, 77) gather index turning the `end` layout into `middle` or `front`."""
-        L = self.text_tokens.shape[1]
-        lens = class_texts(self.classnames, "{}").eot - 1          # class-name token counts
-        order = torch.arange(L).repeat(len(self.classnames), 1)
+        order = torch.arange(self.text_tokens.shape[1]).repeat(len(self.classnames), 1)
         if position == "end":
             return order
-        half = n // 2
-        for c, k in enumerate(lens.tolist()):
+        name_lengths = class_texts(self.classnames, "{}").eot - 1     # tokens per class name
+        for c, k in enumerate(name_lengths.tolist()):
             ctx, name = list(range(1, 1 + n)), list(range(1 + n, 1 + n + k))
-            new = ctx[:half] + name + ctx[half:] if position == "middle" else name + ctx
+            new = ctx[:n // 2] + name + ctx[n // 2:] if position == "middle" else name + ctx
             order[c, 1:1 + n + k] = torch.tensor(new)
         return order
 
     def embeddings(self) -> Tensor:
         """Class prompt embeddings without positions: (C, 77, Dt)."""
-        tok = self.text_tokens
-        emb = self.clip.token_embedding(tok)
-        ctx = self.ctx.to(emb.dtype).expand(tok.shape[0], -1, -1)
-        n = ctx.shape[1]
-        emb = torch.cat([emb[:, :1], ctx, emb[:, 1 + n:]], dim=1)
+        emb = self.clip.token_embedding(self.text_tokens)
+        ctx = self.ctx.to(emb.dtype).expand(emb.shape[0], -1, -1)
+        emb = torch.cat([emb[:, :1], ctx, emb[:, 1 + ctx.shape[1]:]], dim=1)
         return emb.gather(1, self.order.unsqueeze(-1).expand_as(emb))
 
     def precompute(self) -> Dict[str, Tensor]:
         return {"text": encode_texts(self.clip, self.texts, cut=self.speedups, chunk=self.text_chunk,
                                      embeds=self.embeddings(), checkpoint=self.checkpointing)}
-
-    def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
-        cache = cache or self.precompute()
-        return self.logits(self.frozen_image_features(images), cache["text"])
-
-
-@dataclass
-class CoCoOpOptions(MethodOptions):
-    name: str = "cocoop"
-    n_ctx: int = 4
-    init: str = "a photo of a"
 
 
 @METHODS.register("cocoop")
@@ -126,13 +103,18 @@ class CoCoOp(PromptModel):
     meta_net: Linear(E, E//16) - ReLU - Linear(E//16, Dt). The text tower runs once per
     image, so nothing can be cached across images.
     """
-    Options = CoCoOpOptions
 
-    def __init__(self, clip, classnames, opts: CoCoOpOptions, template="a photo of a {}.", **switches):
+    @dataclass
+    class Options(MethodOptions):
+        name: str = "cocoop"
+        n_ctx: int = 4
+        init: str = "a photo of a"
+
+    def __init__(self, clip, classnames, opts: Options, template="a photo of a {}.", **switches):
         super().__init__(clip, classnames, opts, template, **switches)
         n = len(init_words(opts.init)) or opts.n_ctx
         prefix, use_init = prompt_prefix(n, opts.init)
-        self.set_class_texts(class_texts(self.classnames, prefix + " {}.", n))
+        self.set_class_texts(class_texts(self.classnames, prefix + " {}."))
         d = self.dims
         self.ctx = nn.Parameter(init_embeddings(clip, opts.init, n) if use_init
                                 else torch.randn(n, d["dt"]) * 0.02)

@@ -45,8 +45,7 @@ class DeepOptions(MethodOptions):
         for k in ("n_ctx", "n_ctx_vision", "depth"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k}={getattr(self, k)}: must be >= 0")
-        prompted = self.n_ctx > 0 or self.n_ctx_vision > 0
-        if prompted and self.depth < 1:
+        if (self.n_ctx or self.n_ctx_vision) and self.depth < 1:
             raise ValueError(f"depth={self.depth}: must be >= 1 (block 0 carries the prompts)")
         if self.n_ctx_vision > 0 and self.depth_vision == 0:
             raise ValueError("depth_vision=0: must be >= 1 (or -1 = depth) with vision prompts")
@@ -85,21 +84,20 @@ class DeepPrompts(PromptModel):
         self._fixed_text = None
 
         prefix, use_init = prompt_prefix(n, opts.init, opts.max_init_words, opts.cut_init)
-        self.set_class_texts(class_texts(self.classnames, prefix + " {}.", n))
-        tp = depth if opts.text_params < 0 else min(opts.text_params, depth)
+        self.set_class_texts(class_texts(self.classnames, prefix + " {}."))
+        tp = depth if opts.text_params < 0 else min(opts.text_params, depth)    # 0 when n = 0
         vp = depth_v if opts.vision_params < 0 else min(opts.vision_params, depth_v)
-        self.text_params, self.vision_params = (tp if n else 0), (vp if nv else 0)
-        if self.text_params:
+        self.text_params, self.vision_params = tp, vp
+        if tp:
             self.ctx = nn.Parameter(init_embeddings(clip, opts.init, n) if use_init
                                     else torch.randn(n, d["dt"]) * 0.02)
-        if self.text_params > 1:
+        if tp > 1:
             self.text_deep = nn.Parameter(torch.randn(tp - 1, n, d["dt"]) * 0.02)
-        if self.vision_params:
+        if vp:
             self.vision_ctx = nn.Parameter(torch.randn(nv, d["dv"]) * 0.02)
-        if self.vision_params > 1:
+        if vp > 1:
             self.vision_deep = nn.Parameter(torch.randn(vp - 1, nv, d["dv"]) * 0.02)
-        dims = Dims(d["dt"], d["dv"], d["e"], n, nv, depth, depth_v, self.text_params,
-                    self.vision_params)
+        dims = Dims(d["dt"], d["dv"], d["e"], n, nv, depth, depth_v, tp, vp)
         self.fusion = build_fusion(opts.fusion_name(), dims, opts)
 
     def banks(self) -> Tuple[List[Optional[Tensor]], List[Optional[Tensor]]]:
@@ -114,8 +112,8 @@ class DeepPrompts(PromptModel):
     def coupled(self) -> bool:
         return isinstance(self.fusion, StateFusion)
 
-    # ------------------------------------------------------------------ text side
     def _text(self, text_prompts) -> Tensor:
+        """Class text features (C, E) with these per-block text prompts."""
         if self.depth == 0:          # unprompted text tower (VPT): constant features, kept
             key = (self.text_tokens.device, self.clip.dtype)
             if self._fixed_text is None or self._fixed_text[0] != key:
@@ -126,10 +124,23 @@ class DeepPrompts(PromptModel):
         return encode_texts(self.clip, self.texts, static_step(text=text_prompts), self.depth,
                             cut=self.speedups, chunk=self.text_chunk, checkpoint=self.checkpointing)
 
-    def _prompt_path(self) -> Tensor:
-        """[SOS, slot tokens] (1, n+1, Dt): the text prompt states never depend on the class
-        (causal mask), so this short sequence yields them for every class."""
-        return self.clip.token_embedding(self.text_tokens[:1, :1 + self.texts.n])
+    def _lockstep(self, images: Optional[Tensor]):
+        """A StateFusion's towers in lock-step: the prompt path [SOS, slots] (its states are every
+        class's: causal mask), beside the vision tower if `images` is given. Returns the final
+        vision states and, per block, the text states entering it and the text prompts written."""
+        t_in, t_out = [None], [self.ctx]
+
+        def step(i, v, t):
+            if i == 0:
+                return self.vision_ctx, self.ctx
+            t_in.append(t)
+            t_out.append(self.fusion.text(i, t, v if self.training else None))
+            return (None if v is None else self.fusion.vision(i, v, t)), t_out[-1]
+
+        prompt_path = self.clip.token_embedding(self.text_tokens[:1, :1 + self.opts.n_ctx])
+        v, _ = run_towers(self.clip, images, prompt_path, step, self.depth,
+                          checkpoint=self.checkpointing)
+        return v, t_in, t_out
 
     def precompute(self) -> Dict[str, Any]:
         """Image-independent parts: fused prompts (or the per-block text states the visual
@@ -140,22 +151,13 @@ class DeepPrompts(PromptModel):
         if self.training:
             raise RuntimeError("a StateFusion's text side depends on the batch in training "
                                "mode: call precompute() in eval mode")
-        t_in, t_out = [None], [self.ctx]
-
-        def step(i, v, t):
-            if i == 0:
-                return None, self.ctx
-            t_in.append(t)
-            t_out.append(self.fusion.text(i, t, None))
-            return None, t_out[-1]
-
-        run_towers(self.clip, text=self._prompt_path(), step=step, depth=self.depth)
+        _, t_in, t_out = self._lockstep(None)
         return {"t_in": t_in, "text": self._text(t_out)}
 
-    # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor, cache: Optional[Dict[str, Any]] = None) -> Tensor:
-        if self.coupled and cache is None:
-            return self._lockstep(images)
+        if self.coupled and cache is None:      # training, or evaluation without the speed-ups
+            v, _, t_out = self._lockstep(images)
+            return self.logits(self.clip.visual.head(v), self._text(t_out))
         cache = cache or self.precompute()
         if self.coupled:
             t_in = cache["t_in"]
@@ -167,21 +169,6 @@ class DeepPrompts(PromptModel):
                           checkpoint=self.checkpointing)
         return self.logits(self.clip.visual.head(v), cache["text"])
 
-    def _lockstep(self, images: Tensor) -> Tensor:
-        """Both towers in lock-step (training, or evaluation without the speed-ups)."""
-        t_out = [self.ctx]
-
-        def step(i, v, t):
-            if i == 0:
-                return self.vision_ctx, self.ctx
-            t_new = self.fusion.text(i, t, v if self.training else None)
-            t_out.append(t_new)
-            return self.fusion.vision(i, v, t), t_new
-
-        v, _ = run_towers(self.clip, images, self._prompt_path(), step, self.depth,
-                          checkpoint=self.checkpointing)
-        return self.logits(self.clip.visual.head(v), self._text(t_out))
-
 
 def _check_depth(depth: int, blocks: int, tower: str, key: str) -> None:
     if depth > blocks:
@@ -190,91 +177,76 @@ def _check_depth(depth: int, blocks: int, tower: str, key: str) -> None:
 
 
 # ---------------------------------------------------------------------- presets
-@dataclass
-class VPTOptions(DeepOptions):
-    """VPT-deep: vision prompts only; text = frozen "a photo of a {}."."""
-    name: str = "vpt"
-    n_ctx: int = 0
-    n_ctx_vision: int = 8
-    depth: int = 12
-
-
-@dataclass
-class IVLPOptions(DeepOptions):
-    """Independent vision-language prompts (released config: n 2/2, depth 12/12)."""
-    name: str = "ivlp"
-    depth: int = 12
-
-
-@dataclass
-class MaPLeOptions(DeepOptions):
-    """MaPLe: text prompts per block; vision prompts are Linear_i(text prompt_i)."""
-    name: str = "maple"
-    depth: int = 9
-    vision_params: int = 0
-    fusion: str = "maple"
-
-
-@dataclass
-class MuDPTOptions(DeepOptions):
-    """MuDPT: deep prompts in both towers fused by the Injection Model (docs/methods.md)."""
-    name: str = "mudpt"
-    depth: int = 9
-    fusion: str = ""                # "" = by variant: paper -> injection, released -> linear_injection
-
-    def fusion_name(self) -> str:
-        return self.fusion or {"paper": "injection", "released": "linear_injection"}[self.variant]
-
-    @property
-    def cut_init(self) -> bool:
-        return self.variant == "released"      # "a photo {}." for n = 2
-
-
-@dataclass
-class DCPOptions(DeepOptions):
-    """DCP: shallow prompts T0/V0; CMPA generates every deeper prompt (docs/methods.md)."""
-    name: str = "dcp"
-    n_ctx: int = 16
-    n_ctx_vision: int = 16
-    depth: int = 10
-    text_params: int = 1
-    vision_params: int = 1
-    fusion: str = ""                # "" = by variant: paper -> cmpa, released -> cmpa_released
-    share: bool = True              # one CMPA module for all blocks (else one per block 1..P-1)
-    fusing: str = "mean"            # released: pool over the batch with mean | max | first
-    momentum: float = 0.1           # paper: running mean of the visual summary
-
-    def validate(self):
-        if self.fusing not in ("mean", "max", "first"):
-            raise ValueError(f"fusing must be mean, max or first, not {self.fusing!r}")
-        if not 0 < self.momentum <= 1:
-            raise ValueError(f"momentum must be in (0, 1], got {self.momentum}")
-        super().validate()
-
-    def fusion_name(self) -> str:
-        return self.fusion or {"paper": "cmpa", "released": "cmpa_released"}[self.variant]
-
-
 @METHODS.register("vpt")
 class VPT(DeepPrompts):
-    Options = VPTOptions
+    @dataclass
+    class Options(DeepOptions):
+        """VPT-deep: vision prompts only; text = frozen "a photo of a {}."."""
+        name: str = "vpt"
+        n_ctx: int = 0
+        n_ctx_vision: int = 8
+        depth: int = 12
 
 
 @METHODS.register("ivlp")
 class IVLP(DeepPrompts):
-    Options = IVLPOptions
+    @dataclass
+    class Options(DeepOptions):
+        """Independent vision-language prompts (released config: n 2/2, depth 12/12)."""
+        name: str = "ivlp"
+        depth: int = 12
 
 
 @METHODS.register("maple")
 class MaPLe(DeepPrompts):
-    Options = MaPLeOptions
+    @dataclass
+    class Options(DeepOptions):
+        """MaPLe: text prompts per block; vision prompts are Linear_i(text prompt_i)."""
+        name: str = "maple"
+        depth: int = 9
+        vision_params: int = 0
+        fusion: str = "maple"
 
 
 @METHODS.register("mudpt")
 class MuDPT(DeepPrompts):
-    Options = MuDPTOptions
+    @dataclass
+    class Options(DeepOptions):
+        """MuDPT: deep prompts in both towers fused by the Injection Model (docs/methods.md)."""
+        name: str = "mudpt"
+        depth: int = 9
+        fusion: str = ""            # "" = by variant: paper -> injection, released -> linear_injection
+
+        def fusion_name(self) -> str:
+            return self.fusion or {"paper": "injection", "released": "linear_injection"}[self.variant]
+
+        @property
+        def cut_init(self) -> bool:
+            return self.variant == "released"      # "a photo {}." for n = 2
 
 
 @METHODS.register("dcp")
 class DCP(DeepPrompts):
-    Options = DCPOptions
+    @dataclass
+    class Options(DeepOptions):
+        """DCP: shallow prompts T0/V0; CMPA generates every deeper prompt (docs/methods.md)."""
+        name: str = "dcp"
+        n_ctx: int = 16
+        n_ctx_vision: int = 16
+        depth: int = 10
+        text_params: int = 1
+        vision_params: int = 1
+        fusion: str = ""            # "" = by variant: paper -> cmpa, released -> cmpa_released
+        share: bool = True          # one CMPA module for all blocks (else one per block 1..P-1)
+        fusing: str = "mean"        # released: pool over the batch with mean | max | first
+        momentum: float = 0.1       # paper: running mean of the visual summary
+
+        def validate(self):
+            if self.fusing not in ("mean", "max", "first"):
+                raise ValueError(f"fusing must be mean, max or first, not {self.fusing!r}")
+            if not 0 < self.momentum <= 1:
+                raise ValueError(f"momentum must be in (0, 1], got {self.momentum}")
+            super().validate()
+
+        def fusion_name(self) -> str:
+            return self.fusion or {"paper": "cmpa", "released": "cmpa_released"}[self.variant]
