@@ -49,11 +49,13 @@ def parser() -> argparse.ArgumentParser:
                    help="config YAML (repeatable: later files override earlier ones)")
     p.add_argument("--data", metavar="PATH", help="data root, or one dataset's folder")
     p.add_argument("--dataset", metavar="NAME", help="dataset name (default: recognised from --data)")
-    p.add_argument("--shots", type=int, nargs="+", metavar="K", help="shots per class (several: one run each)")
+    p.add_argument("--shots", type=int, nargs="+", metavar="K",
+                   help="shots per class (several: one run each)")
     p.add_argument("--seed", type=int, nargs="+", metavar="S", help="seeds (several: one run each)")
     p.add_argument("--protocol", metavar="NAME",
                    help="fewshot | base2novel | cross_dataset | domain_generalization")
-    p.add_argument("--clip", metavar="NAME_OR_PATH", help="CLIP model name, checkpoint file, or `miniworld` (the shipped tiny CLIP)")
+    p.add_argument("--clip", metavar="NAME_OR_PATH",
+                   help="CLIP model name, checkpoint file, or `miniworld` (the shipped tiny CLIP)")
     p.add_argument("--output", metavar="DIR", help="output root (default: ./output)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="import a plugin file (repeatable; ./plugins/*.py are always imported)")
@@ -68,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
                    help="start from (or, with --eval-only, evaluate) a checkpoint of the authors' "
                         "released code")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs")
-    p.add_argument("--force", action="store_true", help="start runs over even if their folder holds results")
+    p.add_argument("--force", action="store_true",
+                   help="start runs over even if their folder holds results")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop after N epochs as if killed (to try --resume)")
     return p
@@ -126,7 +129,7 @@ def aggregate_main(argv: Sequence[str]) -> int:
                                             "writes OUTPUT_ROOT/summary.md and summary.csv")
     p.add_argument("root", metavar="OUTPUT_ROOT")
     args = p.parse_args(argv)
-    from dcp.results import aggregate
+    from dcp.protocols import aggregate
     md, text = aggregate(args.root)
     print(md)
     print(text, end="")

@@ -4,25 +4,21 @@
     history = fit(model, train_data, cfg, folder, ctx, image_size, resume=True)
     preds = predict(model, test_data, cfg, ctx, image_size)   # (N,) on rank 0, None elsewhere
 
-Training: SGD over the trainable tensors only; epoch 0 at the constant warm-up lr, then cosine;
-`folder.last` after every epoch, `folder.final` at the end (`dcp.rundir` writes them). A
-non-finite loss stops the run at once; so do non-finite trained tensors after an epoch, or
-non-finite scores after the last one (checked before the epoch is saved). All randomness of an epoch is a function of
-(seed, epoch) (see `dcp.data.loader`), so a resumed run ends bit-exact like an uninterrupted one.
-Evaluation: a model built with `speedups` computes its image-independent part once
-(`precompute()`); one built without recomputes everything per batch, like the released code.
-Non-finite scores stop an evaluation (no metrics from broken tensors).
+All randomness of an epoch is a function of (seed, epoch) (`dcp.data.loader`) and `last.pt`
+holds the RNG states, so a resumed run ends bit-exact like an uninterrupted one. Non-finite
+losses, trained tensors or scores stop a run before anything is recorded as finished.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -43,9 +39,8 @@ class Stopped(Exception):
 
 def lr_at_epoch(epoch: int, lr: float, epochs: int, warmup_epochs: int = 1,
                 warmup_lr: float = 1e-5) -> float:
-    """LR of 0-based `epoch`: constant `warmup_lr` for the warm-up epochs, then cosine
-    `lr * 0.5 * (1 + cos(pi * (epoch - warmup_epochs) / epochs))` (Dassl's constant warm-up
-    wrapping CosineAnnealingLR(T_max=epochs), stepped once per epoch)."""
+    """LR of 0-based `epoch`: `warmup_lr` for the warm-up epochs, then Dassl's cosine
+    (CosineAnnealingLR(T_max=epochs) stepped once per epoch after the warm-up)."""
     if epoch < warmup_epochs:
         return warmup_lr
     return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
@@ -63,10 +58,6 @@ class Context:
     loss_scaling: bool = False                  # fp16 autocast needs a GradScaler
 
     @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    @property
     def main(self) -> bool:
         return self.rank == 0
 
@@ -76,8 +67,17 @@ class Context:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def barrier(self) -> None:
-        if self.distributed:
+        if self.world > 1:
             dist.barrier()
+
+    def main_first(self, make: Callable[[], Any]) -> Any:
+        """`make()` on rank 0 first (a download, a recorded draw), then on the other ranks."""
+        out = None
+        for turn in (True, False):
+            if self.main == turn:
+                out = make()
+            self.barrier()
+        return out
 
 
 def setup_context(precision: str = "auto") -> Context:
@@ -110,18 +110,8 @@ def setup_context(precision: str = "auto") -> Context:
 
 
 def teardown_context(ctx: Context) -> None:
-    if ctx.distributed and dist.is_initialized():
+    if ctx.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
-
-
-# --------------------------------------------------------------------------- randomness
-def epoch_seed(seed: int, epoch: int) -> int:
-    return mix_seed("dcp-epoch", seed, epoch)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -140,28 +130,20 @@ def set_rng_state(s: Dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- training
-def unused_parameters(model, image_size: int, ctx: Context) -> List[str]:
-    """Names of trainable parameters that never receive a gradient (e.g. the text half of DCP
-    `released`'s CMPA), found by one forward/backward on a dummy batch; the model's state
-    (DCP's running mean) is restored afterwards."""
+def _ddp(model, image_size: int, ctx: Context) -> Tuple[nn.Module, List[nn.Parameter]]:
+    """Wrap in DistributedDataParallel. Trainable parameters that never get a gradient (e.g.
+    the text half of DCP `released`'s CMPA; found by one forward/backward on a dummy batch,
+    the model's state restored after) are frozen first, so DDP needs no
+    `find_unused_parameters`; they are returned to be unfrozen after training."""
+    from torch.nn.parallel import DistributedDataParallel
     saved = {k: v.clone() for k, v in model.trainable_state_dict().items()}
     model.train()
-    images = torch.zeros(2, 3, image_size, image_size, device=ctx.device)
     with ctx.autocast():
-        logits = model(images)
+        logits = model(torch.zeros(2, 3, image_size, image_size, device=ctx.device))
     logits.float().sum().backward()
     names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     model.zero_grad(set_to_none=True)
     model.load_state_dict(saved, strict=False)
-    return names
-
-
-def _ddp(model, image_size: int, ctx: Context) -> Tuple[nn.Module, List[nn.Parameter]]:
-    """Wrap in DistributedDataParallel. Parameters that never get a gradient are frozen first
-    (SGD would leave them unchanged anyway), so DDP needs no `find_unused_parameters`; they
-    are returned so that the caller can unfreeze them after training."""
-    from torch.nn.parallel import DistributedDataParallel
-    names = unused_parameters(model, image_size, ctx)
     params = dict(model.named_parameters())
     frozen = [params[n].requires_grad_(False) for n in names]
     if names:
@@ -185,6 +167,11 @@ def _restore(folder: RunFolder, model, optimizer, scaler, cfg: Config,
     return ck["epoch"], list(ck["history"])
 
 
+def _diverged(what: str, lr: float, cfg: Config) -> RunError:
+    return RunError(f"training diverged: {what} (lr {lr:g}, optim.lr={cfg.optim.lr:g}); nothing "
+                    "is recorded as finished: lower optim.lr")
+
+
 def _train_epoch(net, loader, optimizer, scaler, cfg: Config, ctx: Context, epoch: int,
                  epochs: int) -> Dict[str, float]:
     """One epoch at its lr; stops at the first non-finite loss. Returns its history entry."""
@@ -192,7 +179,7 @@ def _train_epoch(net, loader, optimizer, scaler, cfg: Config, ctx: Context, epoc
     lr = lr_at_epoch(epoch, o.lr, epochs, o.warmup_epochs, o.warmup_lr)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loader.batch_sampler.set_epoch(epoch_seed(cfg.seed, epoch))
+    loader.batch_sampler.set_epoch(mix_seed("dcp-epoch", cfg.seed, epoch))
     net.train()
     loss_sum, correct, seen = 0.0, 0, 0
     bar = Progress(batches(loader, cfg.data.on_bad_image), desc=f"epoch {epoch + 1}/{epochs}",
@@ -203,9 +190,7 @@ def _train_epoch(net, loader, optimizer, scaler, cfg: Config, ctx: Context, epoc
             logits = net(x)
         loss = F.cross_entropy(logits.float(), y)
         if not math.isfinite(loss.item()):
-            raise RunError(f"training diverged: loss {loss.item()} at epoch {epoch + 1}, step "
-                           f"{step} (lr {lr:g}, optim.lr={o.lr:g}); nothing is recorded as "
-                           "finished: lower optim.lr")
+            raise _diverged(f"loss {loss.item()} at epoch {epoch + 1}, step {step}", lr, cfg)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -230,9 +215,7 @@ def _check_finite(model, cfg: Config, ctx: Context, image_size: int, epoch: int,
             scores = model(torch.zeros(1, 3, image_size, image_size, device=ctx.device))
         bad = None if torch.isfinite(scores.float()).all() else "the model's scores are"
     if bad:
-        raise RunError(f"training diverged: {bad} not finite after epoch {epoch}, step {steps} "
-                       f"(lr {lr:g}, optim.lr={cfg.optim.lr:g}); nothing is recorded as "
-                       "finished: lower optim.lr")
+        raise _diverged(f"{bad} not finite after epoch {epoch}, step {steps}", lr, cfg)
 
 
 def fit(model, data: Sequence[Datum], cfg: Config, folder: RunFolder, ctx: Context,
@@ -243,32 +226,34 @@ def fit(model, data: Sequence[Datum], cfg: Config, folder: RunFolder, ctx: Conte
     o, epochs = cfg.optim, cfg.optim.epochs_for(cfg.data.shots)
     if not data:
         raise RunError("no training images (the few-shot draw is empty)")
-    if o.batch_size % ctx.world or (ctx.distributed and len(data) < o.batch_size):
-        raise RunError(f"optim.batch_size={o.batch_size} is the global batch, split over {ctx.world} "
-                       f"processes: it must be a multiple of that and at most the {len(data)} "
-                       "training images")
+    if o.batch_size % ctx.world or (ctx.world > 1 and len(data) < o.batch_size):
+        raise RunError(f"optim.batch_size={o.batch_size} is the global batch, split over "
+                       f"{ctx.world} processes: it must be a multiple of that and at most the "
+                       f"{len(data)} training images")
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=o.lr, momentum=o.momentum,
                                 weight_decay=o.weight_decay)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.loss_scaling)
-    start, history = (_restore(folder, model, optimizer, scaler, cfg, epochs) if resume and folder.last.is_file()
-                      else (0, []))
-    net, frozen = _ddp(model, image_size, ctx) if ctx.distributed else (model, [])
-    loader = train_loader(data, build_transform(True, image_size, cfg.data.crop_scale), o.batch_size,
-                          cfg.seed, cfg.data.num_workers, ctx.rank, ctx.world, cfg.data.exif_transpose)
+    start, history = 0, []
+    if resume and folder.last.is_file():
+        start, history = _restore(folder, model, optimizer, scaler, cfg, epochs)
+    net, frozen = _ddp(model, image_size, ctx) if ctx.world > 1 else (model, [])
+    transform = build_transform(True, image_size, cfg.data.crop_scale)
+    loader = train_loader(data, transform, o.batch_size, cfg.seed, cfg.data.num_workers,
+                          ctx.rank, ctx.world, cfg.data.exif_transpose)
     began = time.time()
     for epoch in range(start, epochs):
         history.append(_train_epoch(net, loader, optimizer, scaler, cfg, ctx, epoch, epochs))
-        done = epoch + 1
-        _check_finite(model, cfg, ctx, image_size, done, epochs, len(loader), history[-1]["lr"])
+        done, last = epoch + 1, history[-1]
+        _check_finite(model, cfg, ctx, image_size, done, epochs, len(loader), last["lr"])
         if ctx.main:
-            folder.save_checkpoint(folder.last, model, cfg, done, history, lr=history[-1]["lr"],
+            folder.save_checkpoint(folder.last, model, cfg, done, history, lr=last["lr"],
                                    optimizer=optimizer.state_dict(), rng=rng_state(),
                                    scaler=scaler.state_dict() if ctx.loss_scaling else {})
         ctx.barrier()
         per_epoch = (time.time() - began) / (done - start)
+        left = datetime.timedelta(seconds=int(per_epoch * (epochs - done)))
         log.info("epoch %d/%d: loss %.4f, train accuracy %.2f%%, lr %.3e (%.1fs/epoch, about "
-                 "%s left)", done, epochs, history[-1]["loss"], history[-1]["accuracy"],
-                 history[-1]["lr"], per_epoch, _clock(per_epoch * (epochs - done)))
+                 "%s left)", done, epochs, last["loss"], last["accuracy"], last["lr"], per_epoch, left)
         if stop_after and done == stop_after and done < epochs:
             raise Stopped(f"stopped after epoch {done} of {epochs} as asked (--stop-after); "
                           "continue with --resume")
@@ -280,18 +265,13 @@ def fit(model, data: Sequence[Datum], cfg: Config, folder: RunFolder, ctx: Conte
     return history
 
 
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}"
-
-
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def predict(model, data: Sequence[Datum], cfg: Config, ctx: Context, image_size: int,
             desc: str = "test") -> Optional[Tensor]:
     """Predicted labels (N,) for `data` in list order (-1 for images skipped as undecodable),
-    on rank 0; None on the other ranks. Each image is evaluated by exactly one process."""
+    on rank 0; None on the other ranks. Each image is evaluated by exactly one process; a
+    model built with `speedups` computes its image-independent part once (`precompute()`)."""
     if not data:
         raise RunError(f"{desc}: the test split has no images")
     model.eval()
@@ -312,15 +292,37 @@ def predict(model, data: Sequence[Datum], cfg: Config, ctx: Context, image_size:
         idx.append(i)
     idx_t = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
     pred_t = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-    if ctx.distributed:
+    if ctx.world > 1:
         parts: List[Any] = [None] * ctx.world
         dist.all_gather_object(parts, (idx_t, pred_t))
         if not ctx.main:
             return None
         idx_t = torch.cat([p[0] for p in parts])
         pred_t = torch.cat([p[1] for p in parts])
-    out = torch.full((len(data),), -1, dtype=torch.long)
     if len(set(idx_t.tolist())) != len(idx_t):
         raise RuntimeError("an image was evaluated twice: the evaluation batches overlap")
+    out = torch.full((len(data),), -1, dtype=torch.long)
     out[idx_t] = pred_t
     return out
+
+
+def classification_metrics(preds: Sequence[int], labels: Sequence[int],
+                           num_classes: int) -> Dict[str, object]:
+    """Top-1 accuracy, Dassl's macro-F1 (over the classes present in the labels), in %, and
+    per-class accuracy (None for a class without images) of predictions (N,) against labels
+    (N,); a prediction of -1 (image skipped) is dropped."""
+    p = torch.as_tensor(list(preds), dtype=torch.long)
+    y = torch.as_tensor(list(labels), dtype=torch.long)
+    keep = p >= 0
+    skipped = int((~keep).sum())
+    p, y = p[keep], y[keep]
+    n = len(y)
+    hit = p == y
+    tp = torch.bincount(y[hit], minlength=num_classes).double()
+    support = torch.bincount(y, minlength=num_classes).double()
+    predicted = torch.bincount(p, minlength=num_classes).double()
+    f1 = 2 * tp / (support + predicted).clamp(min=1)
+    per_class = [100.0 * float(t) / float(s) if s > 0 else None for t, s in zip(tp, support)]
+    return {"accuracy": 100.0 * float(hit.sum()) / n if n else 0.0,
+            "macro_f1": 100.0 * float(f1[support > 0].mean()) if n else 0.0,
+            "num_images": n, "num_skipped": skipped, "per_class_accuracy": per_class}

@@ -1,23 +1,17 @@
 """The road through a run: config -> data -> model -> training loop -> run folder -> metrics.
 
-    setting = prepare(cfg, opts, shots=[16], seeds=[1, 2, 3])   # CLIP and data loaded once,
-    for run in setting.runs:                                     # every check before any write
-        run_one(setting, run, opts)                             # one folder (dcp.rundir)
-    run_all(cfg, opts, seeds, shots)                             # both, as run.py does
-
-One setting (protocol, dataset, method, config) runs for every shots x seed. The protocol
-(`dcp.protocols`) says which classes are trained and which test sets are evaluated. A test set
-with other classes gets a model built for its class names, loaded with the trained tensors:
-exact for every method whose learned tensors do not depend on the class. Per-class tensors
-(CoOp `class_specific`) are sliced to the subset's classes when the test classes are a subset
-of the training classes (ImageNet-A/-R via `imagenet_indices`), otherwise refused up front.
+    setting = prepare(cfg, opts, shots=[16], seeds=[1, 2, 3], ctx=ctx)   # loaded, checked once
+    for run in setting.runs:
+        run_one(setting, run, opts)                   # one run folder (dcp.rundir)
+    run_all(cfg, opts, seeds, shots)                  # both, as run.py does
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -30,12 +24,12 @@ from .data import (DatasetError, DatasetSplits, build_dataset, check_images, det
                    fewshot, subsample_classes)
 from .data.fewshot import recorded_info
 from .data.loader import steps_per_epoch
-from .engine import Context, fit, predict, seed_everything, setup_context, teardown_context
+from .engine import (Context, classification_metrics, fit, predict, setup_context,
+                     teardown_context)
 from .methods import build_method
 from .prompting import duplicate_classnames, prompt_classname
 from .protocols import protocol
 from .registry import DATASETS
-from .results import classification_metrics
 from .rundir import (RunError, RunFolder, dataset_label, load_weights, method_tag, run_folder,
                      setting_hash)
 
@@ -53,7 +47,7 @@ class RunOptions:
     stop_after: int = 0           # stop after this many epochs, as if killed (tests --resume)
 
 
-# --------------------------------------------------------------------------- the setting
+# --------------------------------------------------------------------------- config and data
 def resolve(cfg: Config, shots: int, seed: int) -> Config:
     """The config of one run: its shots and seed, the protocol's default test sets."""
     cfg = copy.deepcopy(cfg)
@@ -107,13 +101,26 @@ class Datasets:
         return self._cache[key]
 
 
+def _check_classnames(split: DatasetSplits) -> None:
+    """Class names equal in a prompt: an error, except those the published list repeats."""
+    found = duplicate_classnames(split.classnames)
+    known = [d for d in found if " ".join(prompt_classname(d[0]).lower().split()) in split.duplicates_ok]
+    if known:
+        log.warning("%s: the published class list names %s alike; only the first of each can be "
+                    "predicted (as in the released code)", split.name,
+                    ", ".join(f"{len(d)} classes {d[0]!r}" for d in known))
+    duplicates = [d for d in found if d not in known]
+    if duplicates:
+        raise DatasetError(f"{split.name}: class names equal in a prompt (case, '_' and spaces "
+                           f"ignored) could never be told apart: "
+                           f"{' = '.join(repr(n[:60]) for n in duplicates[0][:3])}"
+                           + (f" (and {len(duplicates) - 1} more)" if len(duplicates) > 1 else ""))
+
+
+# --------------------------------------------------------------------------- model
 def load_frozen_clip(cfg: Config, ctx: Context):
     """The frozen CLIP (rank 0 first, so a download happens once) in the context's dtype."""
-    clip = None
-    for rank_turn in (True, False):
-        if ctx.main == rank_turn:
-            clip, _ = load_clip(cfg.clip, device=ctx.device)
-        ctx.barrier()
+    clip, _ = ctx.main_first(lambda: load_clip(cfg.clip, device=ctx.device))
     convert_weights(clip) if ctx.clip_dtype == torch.float16 else clip.float()
     return clip
 
@@ -127,87 +134,6 @@ def build(cfg: Config, clip, classnames: Sequence[str], template: str, **switche
         raise ConfigError(f"method ({cfg.method.name}): {e}") from None
 
 
-@dataclass
-class Setting:
-    """What every run of one setting shares, loaded and checked once."""
-    cfg: Config
-    runs: List[Config]
-    ctx: Context
-    clip: object
-    datasets: Datasets
-    source: DatasetSplits
-    trainable: bool
-    per_class: List[str] = field(default_factory=list)
-
-    def train_split(self, cfg: Config) -> DatasetSplits:
-        return subsample_classes(self.source, protocol(cfg.protocol).train_subsample(cfg))
-
-    def draw(self, cfg: Config, run_dir: Optional[str] = None) -> DatasetSplits:
-        """The few-shot training set of run `cfg` (drawn on all classes, then subsampled)."""
-        mode = cfg.data.fewshot_draw
-        mode = self.source.fewshot_draw if mode == "auto" else mode
-        return fewshot(self.source, cfg.data.shots, cfg.seed, run_dir=run_dir, mode=mode,
-                       subsample=protocol(cfg.protocol).train_subsample(cfg))
-
-    def eval_sets(self, cfg: Config) -> List[Tuple[str, DatasetSplits]]:
-        root = data_root(cfg.data.dataset, cfg.data.root) if cfg.eval.datasets else ""
-        return protocol(cfg.protocol).eval_sets(
-            dataset_label(cfg), self.source, self.train_split(cfg), cfg.eval.datasets,
-            lambda name: self.datasets.get(name, root))
-
-
-def prepare(cfg: Config, opts: RunOptions, shots: Sequence[int], seeds: Sequence[int],
-            ctx: Context, clip=None, datasets: Optional[Datasets] = None) -> Setting:
-    """Resolve the setting and check everything that can fail before any folder is made: the
-    data (every image header), the method against this CLIP, the trained tensors against the
-    test sets' classes."""
-    if opts.model_dir and opts.load_released:
-        raise ConfigError("give either --model-dir or --load-released, not both")
-    if opts.model_dir and len(seeds) * len(shots) > 1:
-        raise ConfigError("--model-dir names one trained run: give a single --seed and --shots")
-    resolve_dataset(cfg)
-    runs = [resolve(cfg, k, s) for k in shots for s in seeds]
-    datasets = datasets or Datasets()
-    source = datasets.get(cfg.data.dataset, cfg.data.root, cfg.data.split_file)
-    setting = Setting(cfg, runs, ctx, clip if clip is not None else load_frozen_clip(cfg, ctx),
-                      datasets, source, trainable=False)
-    first, train = runs[0], setting.train_split(runs[0])
-    probe = build(first, setting.clip, train.classnames, train.template)
-    if opts.load_released:     # read and fit it now: a bad file fails before any folder
-        probe.load_released(opts.load_released)
-    setting.trainable = bool(probe.trainable_parameters())
-    del probe
-    tests = [split for _, split in setting.eval_sets(first)]
-    for split in tests:
-        _check_classnames(split)
-        check_images(split.test, first.data.on_bad_image, f"{split.name} test images")
-    others = [s for s in tests if s.classnames != train.classnames]
-    if setting.trainable and others:
-        setting.per_class = per_class_keys(first, setting.clip, train.template)
-    for split in others if setting.per_class else []:
-        if class_index(train, split) is None:
-            raise _no_class_subset(first, setting.per_class, train, split)
-    return setting
-
-
-def _check_classnames(split: DatasetSplits) -> None:
-    """Class names equal in a prompt: an error, except those the published list repeats."""
-    found = duplicate_classnames(split.classnames)
-    known = [d for d in found
-             if " ".join(prompt_classname(d[0]).lower().split()) in split.duplicates_ok]
-    if known:
-        log.warning("%s: the published class list names %s alike; only the first of each can be "
-                    "predicted (as in the released code)", split.name,
-                    ", ".join(f"{len(d)} classes {d[0]!r}" for d in known))
-    duplicates = [d for d in found if d not in known]
-    if duplicates:
-        raise DatasetError(f"{split.name}: class names equal in a prompt (case, '_' and spaces "
-                           f"ignored) could never be told apart: "
-                           f"{' = '.join(repr(n[:60]) for n in duplicates[0][:3])}"
-                           + (f" (and {len(duplicates) - 1} more)" if len(duplicates) > 1 else ""))
-
-
-# --------------------------------------------------------------------------- class lists
 def per_class_keys(cfg: Config, clip, template: str) -> List[str]:
     """Trained tensors whose shape depends on the number of classes (e.g. CoOp class_specific
     ctx (C, n, D)), found by building the method for two and for three classes."""
@@ -224,21 +150,23 @@ def class_index(source: DatasetSplits, target: DatasetSplits) -> Optional[List[i
     if target.imagenet_indices is not None:
         full = source.name == "imagenet" and source.subsample == "all"
         return list(target.imagenet_indices) if full else None
-    where: Dict[str, List[int]] = {}
-    for i, c in enumerate(source.classnames):
-        where.setdefault(c, []).append(i)
-    if all(len(where.get(c, ())) == 1 for c in target.classnames):
-        return [where[c][0] for c in target.classnames]
+    names = list(source.classnames)
+    if all(names.count(c) == 1 for c in target.classnames):
+        return [names.index(c) for c in target.classnames]
     return None
 
 
-def _no_class_subset(cfg: Config, per_class: Sequence[str], source: DatasetSplits,
-                     split: DatasetSplits) -> RunError:
-    return RunError(
-        f"method {cfg.method.name!r} learns per-class tensors ({', '.join(per_class)}) for the "
-        f"{source.num_classes} training classes of {source.name}; they do not exist for the "
-        f"classes of {split.name} ({split.subsample}): evaluate it only on its training classes "
-        "or their subsets (e.g. use CoOp without class_specific for this protocol)")
+def _subset_index(cfg: Config, per_class: Sequence[str], source: DatasetSplits,
+                  split: DatasetSplits) -> List[int]:
+    """`class_index`, or the RunError saying why per-class tensors cannot serve `split`."""
+    index = class_index(source, split)
+    if index is None:
+        raise RunError(
+            f"method {cfg.method.name!r} learns per-class tensors ({', '.join(per_class)}) for "
+            f"the {source.num_classes} training classes of {source.name}; they do not exist for "
+            f"the classes of {split.name} ({split.subsample}): evaluate it only on its training "
+            "classes or their subsets (e.g. use CoOp without class_specific for this protocol)")
+    return index
 
 
 def model_for(split: DatasetSplits, trained, source: DatasetSplits, cfg: Config, clip,
@@ -251,9 +179,7 @@ def model_for(split: DatasetSplits, trained, source: DatasetSplits, cfg: Config,
     state = trained.trainable_state_dict()
     model = build(cfg, clip, split.classnames, split.template, speedups=cfg.eval.speedups)
     if per_class and split.classnames != source.classnames:
-        index = class_index(source, split)
-        if index is None:
-            raise _no_class_subset(cfg, per_class, source, split)
+        index = _subset_index(cfg, per_class, source, split)
         state = {k: v[torch.as_tensor(index, device=v.device)] if k in per_class else v
                  for k, v in state.items()}
         log.info("%s: per-class tensors %s sliced to its %d classes", split.name,
@@ -263,6 +189,62 @@ def model_for(split: DatasetSplits, trained, source: DatasetSplits, cfg: Config,
     except ValueError as e:
         raise RunError(f"cannot evaluate on {split.name}: {e}") from None
     return model.to(ctx.device)
+
+
+# --------------------------------------------------------------------------- the setting
+@dataclass
+class Setting:
+    """What every run of one setting (all but shots and seed) shares, loaded and checked once."""
+    runs: List[Config]
+    ctx: Context
+    clip: object
+    source: DatasetSplits                                 # the training dataset
+    train: DatasetSplits                                  # its classes the protocol trains on
+    tests: List[Tuple[str, DatasetSplits]]                # (results key, split) to evaluate
+    size: int                                             # input resolution
+    trainable: bool
+    per_class: List[str]                                  # per-class trained tensors
+
+    def draw(self, cfg: Config, run_dir: Optional[str] = None) -> DatasetSplits:
+        """The few-shot training set of run `cfg` (drawn on all classes, then subsampled)."""
+        mode = cfg.data.fewshot_draw
+        mode = self.source.fewshot_draw if mode == "auto" else mode
+        return fewshot(self.source, cfg.data.shots, cfg.seed, run_dir=run_dir, mode=mode,
+                       subsample=protocol(cfg.protocol).train_subsample(cfg))
+
+
+def prepare(cfg: Config, opts: RunOptions, shots: Sequence[int], seeds: Sequence[int],
+            ctx: Context, clip=None, datasets: Optional[Datasets] = None) -> Setting:
+    """Resolve the setting and check everything that can fail before any folder is made: the
+    data (every image header), the method against this CLIP, the trained tensors against the
+    test sets' classes."""
+    if opts.model_dir and opts.load_released:
+        raise ConfigError("give either --model-dir or --load-released, not both")
+    if opts.model_dir and len(seeds) * len(shots) > 1:
+        raise ConfigError("--model-dir names one trained run: give a single --seed and --shots")
+    resolve_dataset(cfg)
+    runs = [resolve(cfg, k, s) for k in shots for s in seeds]
+    first, datasets = runs[0], datasets or Datasets()
+    source = datasets.get(cfg.data.dataset, cfg.data.root, cfg.data.split_file)
+    clip = clip if clip is not None else load_frozen_clip(cfg, ctx)
+    train = subsample_classes(source, protocol(cfg.protocol).train_subsample(first))
+    probe = build(first, clip, train.classnames, train.template)
+    if opts.load_released:     # read and fit it now: a bad file fails before any folder
+        probe.load_released(opts.load_released)
+    trainable = bool(probe.trainable_parameters())
+    del probe
+    root = data_root(cfg.data.dataset, cfg.data.root) if first.eval.datasets else ""
+    tests = protocol(cfg.protocol).eval_sets(dataset_label(first), source, train,
+                                             first.eval.datasets, lambda n: datasets.get(n, root))
+    for _, split in tests:
+        _check_classnames(split)
+        check_images(split.test, first.data.on_bad_image, f"{split.name} test images")
+    others = [s for _, s in tests if s.classnames != train.classnames]
+    per_class = per_class_keys(first, clip, train.template) if trainable and others else []
+    for split in others if per_class else []:
+        _subset_index(first, per_class, train, split)
+    size = cfg.data.image_size or clip.visual.input_resolution
+    return Setting(runs, ctx, clip, source, train, tests, size, trainable, per_class)
 
 
 # --------------------------------------------------------------------------- one run
@@ -295,34 +277,29 @@ def _decide(folder: RunFolder, opts: RunOptions, trainable: bool) -> Tuple[Optio
 
 
 def _train(setting: Setting, model, cfg: Config, opts: RunOptions, folder: RunFolder,
-           size: int, status: str) -> Tuple[List[dict], Optional[dict]]:
+           status: str) -> Tuple[List[dict], Optional[dict]]:
     """Train (or resume, or pick up a finished training); returns (history, few-shot info)."""
     if status == "trained":
         log.info("training already finished (%s): evaluating", folder.final)
         return (load_weights(model, folder.final, cfg.method.name)["history"],
                 recorded_info(folder.fewshot))
-    draw = None
-    for rank_turn in (True, False):        # rank 0 records the draw first; the others repeat it
-        if setting.ctx.main == rank_turn:
-            draw = setting.draw(cfg, run_dir=str(folder.path))
-        setting.ctx.barrier()
+    # rank 0 records the draw first; the others repeat it
+    draw = setting.ctx.main_first(lambda: setting.draw(cfg, run_dir=str(folder.path)))
     train = check_images(draw.train, cfg.data.on_bad_image, f"{draw.name} training images")
-    epochs = cfg.optim.epochs_for(cfg.data.shots)
     log.info("training on %d images of %d classes for %d epochs (%s; batch %d, lr %g)",
-             len(train), draw.num_classes, epochs, cfg.optim.epochs_reason(cfg.data.shots),
-             cfg.optim.batch_size, cfg.optim.lr)
-    history = fit(model, train, cfg, folder, setting.ctx, size, resume=opts.resume,
+             len(train), draw.num_classes, cfg.optim.epochs_for(cfg.data.shots),
+             cfg.optim.epochs_reason(cfg.data.shots), cfg.optim.batch_size, cfg.optim.lr)
+    history = fit(model, train, cfg, folder, setting.ctx, setting.size, resume=opts.resume,
                   stop_after=opts.stop_after)
     return history, draw.fewshot_info
 
 
-def _evaluate(setting: Setting, model, cfg: Config, size: int) -> Dict[str, dict]:
+def _evaluate(setting: Setting, model, cfg: Config) -> Dict[str, dict]:
     """Metrics per evaluated set (rank 0; {} elsewhere)."""
     results: Dict[str, dict] = {}
-    train = setting.train_split(cfg)
-    for key, split in setting.eval_sets(cfg):
-        m = model_for(split, model, train, cfg, setting.clip, setting.ctx, setting.per_class)
-        preds = predict(m, split.test, cfg, setting.ctx, size, desc=f"test {key}")
+    for key, split in setting.tests:
+        m = model_for(split, model, setting.train, cfg, setting.clip, setting.ctx, setting.per_class)
+        preds = predict(m, split.test, cfg, setting.ctx, setting.size, desc=f"test {key}")
         if not setting.ctx.main:
             continue
         res = classification_metrics(preds.tolist(), [d.label for d in split.test],
@@ -338,7 +315,8 @@ def _evaluate(setting: Setting, model, cfg: Config, size: int) -> Dict[str, dict
 def run_one(setting: Setting, cfg: Config, opts: RunOptions) -> Optional[dict]:
     """Train (unless evaluating only) and evaluate one run in its folder; returns its metrics
     document (None when the folder already held a finished run, or on ranks > 0)."""
-    folder = RunFolder(run_folder(cfg), writer=setting.ctx.main)
+    ctx, train = setting.ctx, setting.train
+    folder = RunFolder(run_folder(cfg), writer=ctx.main)
     status, weights = _decide(folder, opts, setting.trainable)
     if status is None:
         return None
@@ -348,13 +326,13 @@ def run_one(setting: Setting, cfg: Config, opts: RunOptions) -> Optional[dict]:
         log.info("run %s: %s on %s, %s, %d shots, seed %d%s", folder.path, method_tag(cfg),
                  dataset_label(cfg), cfg.protocol, cfg.data.shots, cfg.seed,
                  " (evaluation only)" if opts.eval_only else "")
-        if setting.ctx.main and not opts.eval_only:
+        if ctx.main and not opts.eval_only:
             folder.write_config(cfg)
-        seed_everything(cfg.seed)
-        size = cfg.data.image_size or setting.clip.visual.input_resolution
-        train = setting.train_split(cfg)
-        model = build(cfg, setting.clip, train.classnames, train.template).to(setting.ctx.device)
-        log.info("%s: %d trainable parameters; input %dpx", method_tag(cfg), model.num_trainable(), size)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        model = build(cfg, setting.clip, train.classnames, train.template).to(ctx.device)
+        log.info("%s: %d trainable parameters; input %dpx", method_tag(cfg),
+                 model.num_trainable(), setting.size)
         if opts.load_released:
             model.load_released(opts.load_released)
             log.info("loaded the released-code checkpoint %s", opts.load_released)
@@ -363,34 +341,36 @@ def run_one(setting: Setting, cfg: Config, opts: RunOptions) -> Optional[dict]:
             history = load_weights(model, weights, cfg.method.name)["history"]
             log.info("evaluating the trained tensors of %s", weights)
         elif setting.trainable and not opts.eval_only:
-            history, fewshot_info = _train(setting, model, cfg, opts, folder, size, status)
+            history, fewshot_info = _train(setting, model, cfg, opts, folder, status)
             weights = folder.final
-        results = _evaluate(setting, model, cfg, size)
-        if not setting.ctx.main:
+        results = _evaluate(setting, model, cfg)
+        if not ctx.main:
             return None
-        doc = _metrics_doc(setting, cfg, opts, model, results, history, fewshot_info, weights, size)
+        doc = _metrics_doc(setting, cfg, opts, results, weights, {
+            "trainable_parameters": model.num_trainable(), "history": history,
+            "fewshot": fewshot_info})
         folder.write_metrics(doc)
         log.info("summary: %s; wrote %s", _fmt(doc["summary"]), folder.metrics)
         return doc
 
 
-def _metrics_doc(setting: Setting, cfg: Config, opts: RunOptions, model, results, history,
-                 fewshot_info, weights, size) -> dict:
+def _metrics_doc(setting: Setting, cfg: Config, opts: RunOptions, results: Dict[str, dict],
+                 weights: Optional[Path], train: dict) -> dict:
     s = {"protocol": cfg.protocol, "dataset": dataset_label(cfg), "dataset_name": cfg.data.dataset,
          "method": cfg.method.name, "variant": getattr(cfg.method, "variant", None),
          "fusion": cfg.method.fusion_name() if hasattr(cfg.method, "fusion_name") else None,
          "tag": method_tag(cfg), "setting_hash": setting_hash(cfg), "shots": cfg.data.shots,
-         "seed": cfg.seed, "clip": cfg.clip, "image_size": size,
+         "seed": cfg.seed, "clip": cfg.clip, "image_size": setting.size,
          "epochs": cfg.optim.epochs_for(cfg.data.shots) if setting.trainable else 0,
-         "subsample": setting.train_split(cfg).subsample, "eval_datasets": list(cfg.eval.datasets)}
+         "subsample": setting.train.subsample, "eval_datasets": list(cfg.eval.datasets)}
     return {"setting": s, "summary": protocol(cfg.protocol).summary(dataset_label(cfg), results),
-            "results": results, "train": {"trainable_parameters": model.num_trainable(),
-                                          "history": history, "fewshot": fewshot_info},
-            "eval_only": opts.eval_only, "weights": str(weights) if weights else None,
+            "results": results, "train": train, "eval_only": opts.eval_only,
+            "weights": str(weights) if weights else None,
             "released_checkpoint": opts.load_released or None}
 
 
 def _fmt(v) -> str:
+    """A summary for the log: numbers to 2 decimals, dicts as `key value, ...`."""
     if isinstance(v, float):
         return f"{v:.2f}"
     if isinstance(v, dict):
@@ -401,35 +381,31 @@ def _fmt(v) -> str:
 # --------------------------------------------------------------------------- entry points
 def describe(setting: Setting) -> str:
     """What `--dry-run` prints: the resolved config, the data, the model and the schedule."""
-    cfg, src = setting.runs[0], setting.source
-    info = src.split_info
+    src, info = setting.source, setting.source.split_info
     state = {True: "matches the published file", False: "differs from the published file",
              None: info.get("note") or "no published checksum"}[info.get("matches_published")]
     split = (f"{info['file']} (sha256 {str(info.get('sha256'))[:12]}): {state}"
              if info.get("file") else f"none ({state})")
-    lines = ["# resolved config (first run)", config_text(cfg).rstrip(), "",
+    lines = ["# resolved config (first run)", config_text(setting.runs[0]).rstrip(), "",
              f"dataset {src.name}: {src.num_classes} classes, {len(src.train)} train / "
              f"{len(src.val)} val / {len(src.test)} test images in {src.dataset_dir}",
              f"split file: {split}"]
+    tests = [f"  test {k}: {len(s.test)} images, {s.num_classes} classes" for k, s in setting.tests]
     for run in setting.runs:
-        train = setting.train_split(run)
-        model = build(run, setting.clip, train.classnames, train.template)
+        model = build(run, setting.clip, setting.train.classnames, setting.train.template)
         folder = RunFolder(run_folder(run))
-        size = run.data.image_size or setting.clip.visual.input_resolution
-        fusion = getattr(model, "fusion", None)
-        line = (f"run {folder.path} [{folder.status()}]: {method_tag(run)}"
-                + (f" (fusion {run.method.fusion_name()})" if fusion is not None else "")
-                + f", input {size}px, {model.num_trainable()} trainable parameters")
+        has_fusion = getattr(model, "fusion", None) is not None
+        fusion = f" (fusion {run.method.fusion_name()})" if has_fusion else ""
+        line = (f"run {folder.path} [{folder.status()}]: {method_tag(run)}{fusion}, input "
+                f"{setting.size}px, {model.num_trainable()} trainable parameters")
         if setting.trainable:
-            draw = setting.draw(run)
-            epochs = run.optim.epochs_for(run.data.shots)
+            draw, epochs = setting.draw(run), run.optim.epochs_for(run.data.shots)
             steps = steps_per_epoch(len(draw.train), run.optim.batch_size)
-            line += (f"; {len(draw.train)} training images ({draw.fewshot_info['mode']} "
-                     f"few-shot draw)" if draw.fewshot_info else f"; {len(draw.train)} training images")
-            line += (f", {epochs} epochs ({run.optim.epochs_reason(run.data.shots)}) x {steps} "
-                     f"steps = {epochs * steps} steps")
-        lines.append(line)
-        lines += [f"  test {k}: {len(s.test)} images, {s.num_classes} classes" for k, s in setting.eval_sets(run)]
+            mode = f" ({draw.fewshot_info['mode']} few-shot draw)" if draw.fewshot_info else ""
+            line += (f"; {len(draw.train)} training images{mode}, {epochs} epochs "
+                     f"({run.optim.epochs_reason(run.data.shots)}) x {steps} steps = "
+                     f"{epochs * steps} steps")
+        lines += [line] + tests
     return "\n".join(lines)
 
 

@@ -1,22 +1,17 @@
-"""The run folder: the one owner of its name, its state and every file written into it.
+"""The run folder: the one owner of its name, its state and every file written into it
+(docs/design.md, "The run folder").
 
     <output>/<protocol>/<dataset>/<tag>-<setting hash>/shots<K>/seed<S>/
-        config.yaml   the resolved config            fewshot.json  the few-shot draw
-        log.txt       the run's log (appended)       last.pt       after every epoch
-        final.pt      the trained tensors            metrics.json  written last: finished
-        .lock         held by the process that works in the folder
 
-`tag` is the method, `_<variant>` unless `paper`, `+<fusion>` unless the method's own fusion.
-The setting hash (8 hex digits) covers everything that changes results (`setting_identity`),
-so a changed setting never reuses or overwrites another's results; seeds and shots of one
-setting share it. Files are written atomically (a crash leaves the old file or none);
-checkpoints carry a SHA-256 of their content, checked with the zip CRCs whenever read.
+Files are written atomically (a crash leaves the old file or none); checkpoints carry a
+SHA-256 of their content, checked with the zip CRCs whenever read.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -61,24 +56,16 @@ def dataset_label(cfg: Config) -> str:
     return cfg.data.dataset
 
 
-_digests: Dict[tuple, str] = {}
-
-
-def _clip_identity(clip: str) -> str:
-    """A model name as it is; a checkpoint file by its SHA-256 (wherever it lies)."""
-    p = Path(clip).expanduser()
-    if not p.is_file():
-        return clip
-    key = (str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
-    if key not in _digests:
-        _digests[key] = "sha256:" + sha256_file(p)
-    return _digests[key]
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    return "sha256:" + sha256_file(path)
 
 
 def setting_identity(cfg: Config) -> Dict[str, Any]:
     """The config minus what cannot change results: seed and shots (in the path), output and
     data root (where things lie), loader workers, evaluation speed-ups (exact) and the test
-    batch size (unless the method's evaluation depends on its batch)."""
+    batch size (unless the method's evaluation depends on its batch). A CLIP checkpoint file
+    counts by its SHA-256, wherever it lies."""
     d = to_dict(cfg)
     for key in ("seed", "output"):
         d.pop(key)
@@ -88,7 +75,9 @@ def setting_identity(cfg: Config) -> Dict[str, Any]:
     fusion = FUSIONS.get(cfg.method.fusion_name()) if hasattr(cfg.method, "fusion_name") else None
     if not getattr(fusion, "batch_dependent", False):
         d["eval"].pop("batch_size")
-    d["clip"] = _clip_identity(cfg.clip)
+    clip = Path(cfg.clip).expanduser()
+    if clip.is_file():
+        d["clip"] = _file_digest(str(clip.resolve()), clip.stat().st_size, clip.stat().st_mtime_ns)
     return d
 
 
@@ -132,7 +121,6 @@ class RunFolder:
         self.path, self.writer = Path(path), writer
         for name in ("config", "log", "fewshot", "last", "final", "metrics"):
             setattr(self, name, self.path / getattr(self, name.upper()))
-        self._lock_fd: Optional[int] = None
 
     def status(self) -> str:
         """finished (a readable metrics.json) | trained (final.pt) | interrupted (last.pt) | new."""
@@ -148,7 +136,8 @@ class RunFolder:
 
     @contextlib.contextmanager
     def claim(self) -> Iterator["RunFolder"]:
-        """Create the folder, hold its lock while the run works in it, tidy what a crash left."""
+        """Create the folder, hold its lock while the run works in it, tidy what a crash left:
+        temporary files of atomic writes, last.pt beside a final.pt."""
         if not self.writer:
             yield self
             return
@@ -159,30 +148,27 @@ class RunFolder:
             _lock(fd, self.path)
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-            self._tidy()
+            for tmp in self.path.glob(".*.tmp"):
+                tmp.unlink()
+            if self.final.is_file():
+                self.last.unlink(missing_ok=True)
             yield self
         finally:
             os.close(fd)
 
-    def _tidy(self) -> None:
-        for tmp in self.path.glob(".*.tmp"):           # left by a crash inside an atomic write
-            tmp.unlink()
-        if self.final.is_file() and self.last.is_file():
-            self.last.unlink()                        # training ended; last.pt was not removed yet
-
     def clean(self) -> None:
         """Remove the results of an earlier run (`--force`)."""
         for p in (self.metrics, self.final, self.last, self.fewshot):
-            if p.exists():
-                p.unlink()
+            p.unlink(missing_ok=True)
 
     def write_config(self, cfg: Config) -> None:
         with writing(self.config):
             atomic_write_text(self.config, config_text(cfg))
 
     def write_metrics(self, doc: Dict[str, Any]) -> None:
+        text = json.dumps({"format": METRICS_FORMAT, **doc}, indent=1) + "\n"
         with writing(self.metrics):
-            atomic_write_text(self.metrics, json.dumps({"format": METRICS_FORMAT, **doc}, indent=1) + "\n")
+            atomic_write_text(self.metrics, text)
 
     @contextlib.contextmanager
     def logging(self) -> Iterator[None]:
@@ -205,7 +191,6 @@ class RunFolder:
             logger.removeHandler(handler)
             handler.close()
 
-    # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: Path, model, cfg: Config, epoch: int, history: list,
                         **training: Any) -> None:
         """Trained tensors, config, epoch and history (+ optimiser/RNG state for last.pt)."""
@@ -218,8 +203,7 @@ class RunFolder:
 
     def finish_training(self, model, cfg: Config, epochs: int, history: list) -> None:
         self.save_checkpoint(self.final, model, cfg, epochs, history)
-        if self.last.is_file():
-            self.last.unlink()
+        self.last.unlink(missing_ok=True)
 
 
 def _lock(fd: int, folder: Path) -> None:
@@ -246,6 +230,7 @@ class _QuietFileHandler(logging.FileHandler):
         log.warning("cannot write the run log %s any more; the console log goes on", self.baseFilename)
 
 
+# --------------------------------------------------------------------------- checkpoints
 def load_checkpoint(path: Path) -> Dict[str, Any]:
     """A run checkpoint (tensors and plain containers only; CRCs and SHA-256 verified)."""
     path = Path(path)

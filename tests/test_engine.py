@@ -16,12 +16,11 @@ from dcp.clip.model import CLIP
 from dcp.config import ConfigError, load_config, to_dict
 from dcp.data import DatasetSplits, Datum, ImageDataset
 from dcp.data.loader import EvalBatches, SeededImages, TrainBatches
-from dcp.engine import Context, lr_at_epoch, rng_state, set_rng_state
+from dcp.engine import Context, classification_metrics, lr_at_epoch, rng_state, set_rng_state
 from dcp.experiment import class_index, data_root, model_for, per_class_keys, resolve
 from dcp.rundir import (RunError, RunFolder, check_resumable, load_checkpoint, method_tag,
                         run_folder, setting_hash)
 from dcp.methods import build_method
-from dcp.results import classification_metrics
 
 
 # --------------------------------------------------------------------------- LR schedule

@@ -9,8 +9,7 @@ import math
 import pytest
 
 import runfixtures as R
-from dcp.protocols import harmonic_mean
-from dcp.results import aggregate
+from dcp.protocols import aggregate, harmonic_mean
 from dcp.rundir import RunFolder
 
 
@@ -98,7 +97,7 @@ def test_macro_f1_is_over_the_classes_present_in_the_labels():
     """Dassl: f1_score(y_true, y_pred, average="macro", labels=unique(y_true)), by hand:
     class 0: 2*1/(2+1) = 2/3, class 1: 2*1/(2+2) = 1/2, class 2: 0; class 3 is only predicted
     (never a label) and class 4 neither: both are left out."""
-    from dcp.results import classification_metrics
+    from dcp.engine import classification_metrics
     m = classification_metrics([0, 1, 1, 3, 3], [0, 0, 1, 1, 2], num_classes=5)
     assert m["macro_f1"] == pytest.approx(100 * (2 / 3 + 1 / 2 + 0) / 3)
     assert m["accuracy"] == pytest.approx(40.0)
