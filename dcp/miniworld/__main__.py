@@ -6,6 +6,7 @@ import json
 import logging
 import shlex
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,15 +16,6 @@ from ..clip import load
 from . import CHECKPOINT
 from .data import TASKS, make_data
 from .pretrain import Settings, ZeroShotSets, run
-
-# the `pretrain.Settings` fields that `pretrain` takes as options, with their help
-PRETRAIN_OPTIONS = {
-    "seed": "seed of weights and data", "steps": "optimiser steps", "batch_size": "pairs per step",
-    "lr": "peak AdamW learning rate", "sketch_fraction": "share of sketch-domain pairs",
-    "crop_fraction": "share of pairs seen through a random crop and flip",
-    "curriculum": "share of the steps whose captions name the shape only",
-    "eval_every": "zero-shot evaluation every N steps, 0 = only at the end",
-}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -36,10 +28,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      "image-caption pairs; write an OpenAI-format fp16 state dict "
                                      "and a JSON record beside it.")
     pre.add_argument("--out", required=True, type=Path, help="checkpoint file to write (.pt)")
-    for name, text in PRETRAIN_OPTIONS.items():
-        default = getattr(Settings(), name)
-        pre.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                         help=f"{text} ({default})")
+    options = [o for o in fields(Settings) if "help" in o.metadata]      # see `pretrain.option`
+    for o in options:
+        pre.add_argument("--" + o.name.replace("_", "-"), type=type(o.default), default=o.default,
+                         help=f"{o.metadata['help']} ({o.default})")
     pre.add_argument("--threads", type=int, default=2, help="torch CPU threads (2)")
     data = sub.add_parser("make-data", help="write the mini-world benchmark folders (deterministic; "
                           "up-to-date folders are kept)")
@@ -53,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     if args.command == "pretrain":
-        settings = Settings(**{name: getattr(args, name) for name in PRETRAIN_OPTIONS})
+        settings = Settings(**{o.name: getattr(args, o.name) for o in options})
         record = run(args.out, settings, "python -m dcp.miniworld " + shlex.join(argv), args.threads)
         print(json.dumps({k: record[k] for k in ("zero_shot", "chance", "seconds", "bytes")}))
     elif args.command == "make-data":

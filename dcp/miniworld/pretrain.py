@@ -16,7 +16,7 @@ import math
 import platform
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -42,18 +42,23 @@ ARCH = dict(embed_dim=64, image_resolution=SIZE, vision_layers=4, vision_width=6
             transformer_heads=1, transformer_layers=4)
 
 
+def option(default, help: str):
+    """A `Settings` field that `python -m dcp.miniworld pretrain` takes as an option."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Settings:
-    seed: int = 0
-    steps: int = 1600
-    batch_size: int = 128
-    lr: float = 2e-3
+    seed: int = option(0, "seed of weights and data")
+    steps: int = option(1600, "optimiser steps")
+    batch_size: int = option(128, "pairs per step")
+    lr: float = option(2e-3, "peak AdamW learning rate")
     warmup: int = 30              # linear warm-up steps, then cosine decay to 0
     weight_decay: float = 0.1     # on weight matrices only
-    sketch_fraction: float = 0.25  # pairs from the sketch domain
-    crop_fraction: float = 0.25   # pairs seen through prompt learning's random crop and flip
-    curriculum: float = 0.35      # the first 35% of steps: captions name the shape only
-    eval_every: int = 200         # zero-shot evaluation every this many steps (0: only at the end)
+    sketch_fraction: float = option(0.25, "share of sketch-domain pairs")
+    crop_fraction: float = option(0.25, "share of pairs seen through a random crop and flip")
+    curriculum: float = option(0.35, "share of the steps whose captions name the shape only")
+    eval_every: int = option(200, "zero-shot evaluation every N steps, 0 = only at the end")
 
 
 def training_batch(settings: Settings, step: int) -> Tuple[Tensor, Tensor]:
