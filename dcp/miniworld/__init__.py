@@ -1,22 +1,9 @@
-"""The mini world: generated pictures where CLIP-style pre-training works in minutes on a CPU.
+"""The mini world (README, "Mini world"): generated pictures (world.py) on which a tiny CLIP
+pre-trains in minutes on a CPU (pretrain.py), benchmark tasks registered as datasets (data.py),
+and the offline demo (demo.py); `python -m dcp.miniworld --help` for the commands.
 
-No pretrained CLIP can be downloaded offline, and random weights show that code runs, not that
-prompts learn. The mini world closes that gap:
-
-    world.py      pictures of one object (shape, colour, pattern, size, position, background)
-                  in two domains (photo, sketch), with captions; deterministic from a seed
-    pretrain.py   contrastive pre-training of a tiny CLIP (OpenAI's architecture and tokenizer)
-    data.py       benchmark tasks as split-file datasets (`miniworld_shapes`, `..._sketch`,
-                  `miniworld_objects`), registered in `dcp.registry.DATASETS`
-    demo.py       the offline demo: zero-shot CLIP, then few-shot DCP
-
-    python -m dcp.miniworld make-data --root DATA
-    python -m dcp.miniworld pretrain --out my-clip.pt --seed 0
-    python run.py --cfg configs/miniworld/dcp.yaml --data DATA --dataset miniworld_shapes
-
-`CHECKPOINT` is the shipped pre-trained tiny CLIP (OpenAI state-dict format, fp16; `--clip
-miniworld`), with its record (command, settings, time, zero-shot accuracies) in `RECORD`.
-This file imports nothing, so the CLIP loader can name the checkpoint without an import cycle.
+`CHECKPOINT` is the shipped tiny CLIP (`--clip miniworld`), `RECORD` its JSON record. This file
+imports nothing, so the CLIP loader can name the checkpoint without an import cycle.
 """
 from pathlib import Path
 

@@ -1,20 +1,7 @@
-"""Mini-world benchmarks: generated image folders with split files, read like CoOp's datasets.
-
-    python -m dcp.miniworld make-data --root DATA          # writes DATA/<task>/ for every task
-    python run.py --cfg configs/miniworld/dcp.yaml --data DATA --dataset miniworld_objects
-
-Tasks (class names are what zero-shot prompts say, "a photo of a {}."):
-    miniworld_shapes          10 shapes ("circle", "star", ...), photo domain, other attributes random
-    miniworld_shapes_sketch   the same 10 classes drawn as pencil sketches (domain shift)
-    miniworld_objects         40 colour + shape compounds ("red circle", ...); the first 20 labels
-                              (base) and the last 20 (novel) each hold every colour and every
-                              shape, so base-to-novel asks for new combinations of known words
-
-Each task folder holds `images/<split>/<label>_<index>.png` and `split_<task>.json` in the
-standard split-file format `{"train": [[relative_path, label, classname], ...], "val": [...],
-"test": [...]}`. Image `i` of a split is drawn from `random.Random("miniworld:<task>:<split>:<i>")`,
-so every image is deterministic, and train, val and test (and pre-training, which uses other
-seeds) never share a random stream.
+"""Mini-world benchmarks (README, "Mini world") as split-file datasets: `make_data(root)` writes
+<root>/<task>/images/<split>/<label>_<k>.png and <root>/<task>/split_<task>.json. Image k of class
+`label` is drawn from random.Random("miniworld:<task>:<split>:<label>:<k>"), so every image is
+deterministic, and the splits (and pre-training, which uses other seeds) never share a stream.
 """
 from __future__ import annotations
 
@@ -39,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MAKE_DATA = "python -m dcp.miniworld make-data --root {root}"
 FORMAT_VERSION = 1                   # bump when the generator's output changes
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -55,12 +43,11 @@ class Task:
 
 
 def _compounds() -> Tuple[Tuple[str, str], ...]:
-    """8 colours x 5 shapes as (shape, colour), a checkerboard over (colour, shape) split in two:
-    the first 20 (base) and the last 20 (novel) each hold every colour and every shape."""
+    """8 colours x 5 shapes as (shape, colour), in the two colours of a checkerboard over
+    (colour, shape): the first 20 (base) and the last 20 (novel) each hold every colour and shape."""
     shapes = ("circle", "square", "triangle", "star", "heart")
-    cells = [(ci + si) % 2 for ci in range(len(COLOURS)) for si in range(len(shapes))]
-    pairs = [(s, c) for c in COLOURS for s in shapes]
-    return tuple(p for _, p in sorted(zip(cells, pairs), key=lambda cp: cp[0]))
+    return tuple((s, c) for parity in (0, 1) for ci, c in enumerate(COLOURS)
+                 for si, s in enumerate(shapes) if (ci + si) % 2 == parity)
 
 
 TASKS: Dict[str, Task] = {t.name: t for t in [
@@ -68,14 +55,12 @@ TASKS: Dict[str, Task] = {t.name: t for t in [
     Task("miniworld_shapes_sketch", "sketch", tuple((s, None) for s in SHAPES), (32, 8, 40)),
     Task("miniworld_objects", "photo", _compounds(), (20, 4, 10)),
 ]}
-SPLITS = ("train", "val", "test")
 
 
 def task_images(task: Task, split: str) -> Iterator[Tuple[str, int, Image.Image]]:
     """(relative path, label, image) of every image of `split`, in split-file order."""
-    n = task.per_class[SPLITS.index(split)]
     for label, (shape, colour) in enumerate(task.classes):
-        for k in range(n):
+        for k in range(task.per_class[SPLITS.index(split)]):
             rng = random.Random(f"miniworld:{task.name}:{split}:{label}:{k}")
             scene = sample_scene(rng, task.domain, shape=shape, colour=colour)
             yield f"{split}/{label:02d}_{k:03d}.png", label, render(scene, rng)
@@ -91,13 +76,11 @@ def make_task(task: Task, folder: Path) -> Path:
         names = task.classnames
         for s in SPLITS:
             (tmp / "images" / s).mkdir(parents=True)
-            rows = []
+            split[s] = []
             for rel, label, image in task_images(task, s):
                 image.save(tmp / "images" / rel)
-                rows.append([rel, label, names[label]])
-            split[s] = rows
-        text = json.dumps(split, indent=0)
-        (tmp / f"split_{task.name}.json").write_text(text, encoding="utf-8")
+                split[s].append([rel, label, names[label]])
+        (tmp / f"split_{task.name}.json").write_text(json.dumps(split, indent=0), encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -108,14 +91,14 @@ def make_task(task: Task, folder: Path) -> Path:
 
 
 def make_data(root, tasks: Sequence[str] = (), force: bool = False) -> Path:
-    """Generate the benchmark folders under `root` (all tasks by default); existing complete
-    folders of the current version are kept unless `force`."""
+    """Write <root>/<task>/ for `tasks` (default: all) and return `root`; a folder written by the
+    current FORMAT_VERSION is kept unless `force`."""
     root = Path(root).expanduser()
     for name in tasks or TASKS:
         if name not in TASKS:
             raise DatasetError(f"unknown mini-world task {name!r}; tasks: {', '.join(TASKS)}")
         folder = root / name
-        if not force and _is_current(folder, name):
+        if not force and _is_current(folder / f"split_{name}.json"):
             log.info("%s is up to date", folder)
             continue
         make_task(TASKS[name], folder)
@@ -124,19 +107,15 @@ def make_data(root, tasks: Sequence[str] = (), force: bool = False) -> Path:
     return root
 
 
-def _is_current(folder: Path, name: str) -> bool:
-    path = folder / f"split_{name}.json"
+def _is_current(split: Path) -> bool:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8")).get("meta", {})
+        return json.loads(split.read_text(encoding="utf-8")).get("meta", {}).get("version") == FORMAT_VERSION
     except (OSError, ValueError):
         return False
-    return meta.get("version") == FORMAT_VERSION
 
 
-# ----------------------------------------------------------------------------- readers
 class MiniWorldDataset(DatasetReader):
     """A mini-world task folder written by `make_data`."""
-    template = "a photo of a {}."
 
     def __init__(self, name: str):
         super().__init__(name)
@@ -160,8 +139,7 @@ class MiniWorldDataset(DatasetReader):
                                f"benchmarks with `{MAKE_DATA.format(root=dataset_dir.parent)}`")
         image_dir = dataset_dir / "images"
         data, classnames, _ = parse_split(path, image_dir)
-        check_files_exist((d.path for k in SPLITS for d in data[k]), f"split file {path}",
-                          self.layout)
+        check_files_exist((d.path for k in SPLITS for d in data[k]), f"split file {path}", self.layout)
         info = {"file": str(path), "sha256": sha256_file(path), "matches_published": None,
                 "note": "mini-world benchmark generated by dcp.miniworld"}
         return DatasetSplits(self.name, data["train"], data["val"], data["test"], classnames,

@@ -1,10 +1,7 @@
-"""The offline demo (`python run.py demo`): zero-shot CLIP, then few-shot DCP, on the mini world.
-
-A client of the library with its own short sequence: generate the task (once, into
-`<output>/data/`), load the shipped mini-world CLIP and read the data (once), evaluate
-zero-shot CLIP, train and evaluate the configured method (configs/demo.yaml: DCP, 8 shots),
-and print the two accuracies. Both runs are ordinary run folders under `<output>/`, so a
-second call finds them finished and just reports them.
+"""The offline demo, `python run.py demo` (README, "First run: the offline demo"): zero-shot
+CLIP, then few-shot training of the configured method, on a mini-world task. A client of the run
+machinery: both runs are ordinary run folders under `<output>/`, so a second call finds them
+finished and just reports them.
 """
 from __future__ import annotations
 
@@ -25,16 +22,9 @@ NOTE = ("mini world: a tiny CLIP pre-trained on generated pictures of shapes (dc
         "the accuracies are about that world, not about real images")
 
 
-def zero_shot_config(cfg: Config) -> Config:
-    """`cfg` with zero-shot CLIP as the method (nothing trained, no shots)."""
-    data = to_dict(cfg)
-    data.update(method={"name": "zeroshot"})
-    data["data"]["shots"] = 0
-    return config_from_dict(data)
-
-
 def _accuracy(cfg: Config) -> float:
-    return read_metrics(run_folder(resolve(cfg, cfg.data.shots, cfg.seed)) / "metrics.json")["summary"]["accuracy"]
+    folder = run_folder(resolve(cfg, cfg.data.shots, cfg.seed))
+    return read_metrics(folder / "metrics.json")["summary"]["accuracy"]
 
 
 def run_demo(cfg: Config) -> Tuple[float, float]:
@@ -51,7 +41,10 @@ def run_demo(cfg: Config) -> Tuple[float, float]:
     make_data(cfg.data.root, [cfg.data.dataset])
     phase(2, f"loading CLIP {cfg.clip} and the data, once")
     clip, datasets = load_frozen_clip(cfg, setup_context(cfg.precision)), Datasets()
-    zs = zero_shot_config(cfg)
+    as_dict = to_dict(cfg)              # zero-shot CLIP: nothing trained, no shots
+    as_dict["method"] = {"name": "zeroshot"}
+    as_dict["data"]["shots"] = 0
+    zs = config_from_dict(as_dict)
     phase(3, "zero-shot CLIP")
     run_all(zs, RunOptions(), [zs.seed], [0], clip=clip, datasets=datasets)
     phase(4, f"{cfg.method.name} with {cfg.data.shots} shots per class")

@@ -1,20 +1,11 @@
-"""Contrastive pre-training of a tiny CLIP on the mini world, in minutes on a CPU.
+"""Contrastive pre-training of a tiny CLIP on the mini world (README, "Mini world"):
 
     python -m dcp.miniworld pretrain --out miniworld-clip.pt --seed 0
 
-The model is OpenAI's CLIP architecture (`dcp.clip.model.CLIP`, ViT image tower) at a tiny
-size, with the real tokenizer and 77-token context, trained as CLIP was: each batch holds
-`batch_size` (image, caption) pairs, and the loss is the symmetric InfoNCE (cross-entropy of
-the image->text and text->image similarity matrices, the matching pair being the target) with
-a learnable temperature `logit_scale`, clamped so that exp(logit_scale) <= 100. Every batch is
-freshly generated (`world.sample_scene` / `render` / `caption`), so the data never repeats.
-
-Captions are cut to the batch's longest EOS + 1 tokens: the text mask is causal, so the
-padding after EOS cannot change the EOS feature (docs/methods.md, "Conventions").
-
-The result is written as OpenAI writes a state dict (same keys, fp16), and `dcp.clip.load`
-reads it like any CLIP checkpoint; beside it a JSON record of the command, settings, time
-and the zero-shot accuracies reached on the benchmarks' test sets.
+OpenAI's CLIP (`dcp.clip.model.CLIP`) at a tiny size, with the real tokenizer, trained as CLIP
+was: the symmetric InfoNCE loss over each batch of freshly generated (image, caption) pairs, with
+a learnable temperature clamped to exp(logit_scale) <= 100. The result is an OpenAI-format fp16
+state dict that `dcp.clip.load` reads like any CLIP checkpoint, with a JSON record beside it.
 """
 from __future__ import annotations
 
@@ -24,16 +15,16 @@ import logging
 import math
 import platform
 import random
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..clip import load
 from ..clip.model import CLIP
 from ..clip.tokenizer import tokenize
 from ..data.transforms import build_transform
@@ -51,21 +42,25 @@ ARCH = dict(embed_dim=64, image_resolution=SIZE, vision_layers=4, vision_width=6
             transformer_heads=1, transformer_layers=4)
 
 
+def option(default, help: str):
+    """A `Settings` field that `python -m dcp.miniworld pretrain` takes as an option."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Settings:
-    seed: int = 0
-    steps: int = 1600
-    batch_size: int = 128
-    lr: float = 2e-3
+    seed: int = option(0, "seed of weights and data")
+    steps: int = option(1600, "optimiser steps")
+    batch_size: int = option(128, "pairs per step")
+    lr: float = option(2e-3, "peak AdamW learning rate")
     warmup: int = 30              # linear warm-up steps, then cosine decay to 0
     weight_decay: float = 0.1     # on weight matrices only
-    sketch_fraction: float = 0.25  # pairs from the sketch domain
-    crop_fraction: float = 0.25   # pairs seen through prompt learning's random crop and flip
-    curriculum: float = 0.35      # the first 35% of steps: captions name the shape only
-    eval_every: int = 200         # zero-shot evaluation every this many steps (0: only at the end)
+    sketch_fraction: float = option(0.25, "share of sketch-domain pairs")
+    crop_fraction: float = option(0.25, "share of pairs seen through a random crop and flip")
+    curriculum: float = option(0.35, "share of the steps whose captions name the shape only")
+    eval_every: int = option(200, "zero-shot evaluation every N steps, 0 = only at the end")
 
 
-# ----------------------------------------------------------------------------- data
 def training_batch(settings: Settings, step: int) -> Tuple[Tensor, Tensor]:
     """Batch `step` of pre-training: images (B, 3, SIZE, SIZE), caption tokens (B, L)."""
     rng = random.Random(f"miniworld-pretrain:{settings.seed}:{step}")
@@ -79,74 +74,62 @@ def training_batch(settings: Settings, step: int) -> Tuple[Tensor, Tensor]:
             crop = rng.random() < settings.crop_fraction
             images.append((cropped if crop else whole)(render(scene, rng)))
             texts.append(caption(scene, rng, detail, whole=not crop))
+    # cut to the longest EOS + 1: the causal text mask keeps padding out of the EOS feature
     tokens = tokenize(texts)
     return torch.stack(images), tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
 
 
-def clip_loss(model: CLIP, images: Tensor, tokens: Tensor) -> Tensor:
-    """Symmetric InfoNCE over the batch: pair i is the positive of row i and of column i."""
-    logits_per_image, logits_per_text = model(images, tokens)
-    target = torch.arange(len(images))
-    return (F.cross_entropy(logits_per_image, target) + F.cross_entropy(logits_per_text, target)) / 2
-
-
-# ----------------------------------------------------------------------------- evaluation
 class ZeroShotSets:
-    """The benchmarks' test images, rendered once: {task: (images (N,3,S,S), labels (N,))}."""
+    """The benchmarks' test images, rendered once: {task: (images (N, 3, S, S), labels (N,))}."""
 
-    def __init__(self, tasks=tuple(TASKS)):
+    def __init__(self):
         to_tensor = build_transform(False, SIZE)
         self.sets = {}
-        for name in tasks:
-            items = list(task_images(TASKS[name], "test"))
+        for name, task in TASKS.items():
+            items = list(task_images(task, "test"))
             self.sets[name] = (torch.stack([to_tensor(im) for _, _, im in items]),
                                torch.tensor([label for _, label, _ in items]))
 
     @torch.no_grad()
-    def accuracy(self, model: CLIP, template: str = "a photo of a {}.") -> Dict[str, float]:
-        """Zero-shot top-1 accuracy (%) per task with one prompt per class."""
+    def accuracy(self, model: CLIP) -> Dict[str, float]:
+        """Zero-shot top-1 accuracy (%) per task, one prompt "a photo of a {class}." per class."""
         model.eval()
         out = {}
         for name, (images, labels) in self.sets.items():
-            text = F.normalize(model.encode_text(tokenize(
-                [template.format(c) for c in TASKS[name].classnames])), dim=-1)
-            feats = torch.cat([model.encode_image(images[i:i + 500]) for i in range(0, len(images), 500)])
-            pred = (F.normalize(feats, dim=-1) @ text.t()).argmax(dim=-1)
+            prompts = tokenize([f"a photo of a {c}." for c in TASKS[name].classnames])
+            text = F.normalize(model.encode_text(prompts), dim=-1)
+            pred = (F.normalize(model.encode_image(images), dim=-1) @ text.t()).argmax(dim=-1)
             out[name] = round(100.0 * float((pred == labels).float().mean()), 2)
         return out
 
 
-# ----------------------------------------------------------------------------- training
 def lr_at(step: int, s: Settings) -> float:
+    """Linear warm-up over `s.warmup` steps, then cosine decay to 0."""
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
     return 0.5 * s.lr * (1 + math.cos(math.pi * (step - s.warmup) / max(1, s.steps - s.warmup)))
 
 
-def optimizer(model: CLIP, s: Settings) -> torch.optim.Optimizer:
-    """AdamW; weight decay on the 2-D+ weight matrices, not on gains, biases or embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        matrix = p.dim() >= 2 and "embedding" not in name
-        (decay if matrix else no_decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
-
-
-def pretrain(s: Settings, evaluator: Optional[ZeroShotSets] = None) -> Tuple[CLIP, List[dict]]:
-    """Train a tiny CLIP from scratch; returns it (eval mode) and the history of logged steps."""
+def pretrain(s: Settings, evaluator: ZeroShotSets) -> Tuple[CLIP, List[dict]]:
+    """Train a tiny CLIP from scratch; returns it (eval mode) and the history of evaluated steps."""
     torch.manual_seed(s.seed)
     model = CLIP(**ARCH)
-    opt = optimizer(model, s)
-    history: List[dict] = []
-    bar = Progress(range(s.steps), desc="pre-training", total=s.steps)
+    decay, no_decay = [], []            # AdamW's weight decay: not on gains, biases, embeddings
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "embedding" not in name else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
+    history = []
+    bar = Progress(range(s.steps), desc="pre-training")
     for step in bar:
         images, tokens = training_batch(s, step)
         model.train()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, s)
-        loss = clip_loss(model, images, tokens)
+        logits_per_image, logits_per_text = model(images, tokens)
+        target = torch.arange(len(images))           # pair i: the positive of row i and of column i
+        loss = (F.cross_entropy(logits_per_image, target) + F.cross_entropy(logits_per_text, target)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -154,17 +137,12 @@ def pretrain(s: Settings, evaluator: Optional[ZeroShotSets] = None) -> Tuple[CLI
             model.logit_scale.clamp_(0, math.log(100))
         bar.set(loss=loss.item(), scale=model.logit_scale.exp().item())
         done = step + 1
-        if evaluator is not None and s.eval_every and (done % s.eval_every == 0 or done == s.steps):
+        if s.eval_every and (done % s.eval_every == 0 or done == s.steps):
             acc = evaluator.accuracy(model)
             history.append({"step": done, "loss": round(loss.item(), 4), "zero_shot": acc})
             log.info("step %d/%d: loss %.3f, logit scale %.1f, zero-shot %s", done, s.steps,
                      loss.item(), model.logit_scale.exp().item(), acc)
     return model.eval(), history
-
-
-def fp16_state_dict(model: CLIP) -> Dict[str, Tensor]:
-    """OpenAI's keys, every tensor fp16 (as in OpenAI's files; `dcp.clip.load` casts back)."""
-    return {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
 
 
 def run(out: Path, s: Settings, command: str = "", threads: int = 2) -> dict:
@@ -175,10 +153,9 @@ def run(out: Path, s: Settings, command: str = "", threads: int = 2) -> dict:
     wall, cpu = time.time(), time.process_time()
     model, history = pretrain(s, evaluator)
     wall, cpu = time.time() - wall, time.process_time() - cpu
-    atomic_torch_save(fp16_state_dict(model), out)
-    # what users get: the fp16 weights read back by dcp.clip.load
-    from ..clip import load
-    loaded, _ = load(out, device="cpu")
+    # OpenAI's keys, every tensor fp16 as in OpenAI's files (`dcp.clip.load` casts back)
+    atomic_torch_save({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, out)
+    loaded, _ = load(out, device="cpu")             # what users get: the fp16 weights read back
     record = {
         "command": command or f"python -m dcp.miniworld pretrain --out {out} --seed {s.seed}",
         "settings": dataclasses.asdict(s), "architecture": ARCH,

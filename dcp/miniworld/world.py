@@ -1,14 +1,13 @@
-"""The mini world: small pictures of one object each, composed from attributes, with captions.
+"""The mini world's pictures of one object each, with captions (README, "Mini world"):
 
     scene = sample_scene(rng, domain="photo")      # a dict of attributes (see `sample_scene`)
     image = render(scene, rng)                     # PIL RGB, SIZE x SIZE
     text = caption(scene, rng)                     # "a photo of a small red striped circle."
 
-An object is a shape with a colour, a fill pattern, a size and a position, on a background.
-Two visual domains: `photo` (a filled, coloured object on a coloured background, noisy) and
-`sketch` (a pencil outline on paper; patterns become hatching and colour is not drawn, so a
-sketch caption never names it). Everything random comes from the `random.Random` passed in
-(Pillow draws deterministically), so a seed fixes every pixel and every word.
+Two domains: `photo` (a filled, coloured object on a background) and `sketch` (a pencil outline
+on paper: patterns become hatching; colour and background are not drawn). Everything random comes
+from the `random.Random` passed in (Pillow draws deterministically), so a seed fixes every pixel
+and every word.
 """
 from __future__ import annotations
 
@@ -22,18 +21,14 @@ SIZE = 32           # image side in pixels (drawn at 2x and downsampled, for ant
 _S = 2 * SIZE
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "heart", "crescent", "arrow")
-COLOURS: Dict[str, Tuple[int, int, int]] = {
-    "red": (215, 40, 40), "orange": (240, 140, 30), "yellow": (235, 210, 40),
-    "green": (50, 165, 60), "blue": (40, 80, 215), "purple": (135, 60, 185),
-    "pink": (240, 135, 185), "brown": (125, 80, 40),
-}
+COLOURS = {"red": (215, 40, 40), "orange": (240, 140, 30), "yellow": (235, 210, 40),
+           "green": (50, 165, 60), "blue": (40, 80, 215), "purple": (135, 60, 185),
+           "pink": (240, 135, 185), "brown": (125, 80, 40)}
 PATTERNS = ("plain", "striped", "dotted", "checkered")
 SIZES = ("small", "large")
-BACKGROUNDS: Dict[str, Tuple[int, int]] = {     # name -> grey-level range of the base colour
-    "white": (215, 250), "black": (5, 50), "grey": (105, 160), "cluttered": (60, 200),
-}
+# background -> grey-level range of its base colour
+BACKGROUNDS = {"white": (215, 250), "black": (5, 50), "grey": (105, 160), "cluttered": (60, 200)}
 DOMAINS = ("photo", "sketch")
-POSITIONS = ("in the middle", "on the left", "on the right", "at the top", "at the bottom")
 RADIUS = {"small": (0.28, 0.34), "large": (0.38, 0.46)}   # object radius / canvas side, by size
 CLUTTER = 3                                                # strokes on a cluttered background
 
@@ -43,7 +38,7 @@ def sample_scene(rng: random.Random, domain: str = "photo", shape: Optional[str]
     """Attributes of one picture; `shape` / `colour` fix those attributes (the rest is random).
 
     Keys: domain, shape, colour, pattern, size, background, cx, cy, r (pixels on the 2x
-    canvas), rotation (radians), position (a phrase of POSITIONS).
+    canvas), rotation (radians), position ("in the middle", "on the left", ...).
     """
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
@@ -63,55 +58,50 @@ def sample_scene(rng: random.Random, domain: str = "photo", shape: Optional[str]
             "r": r, "rotation": rng.uniform(-0.3, 0.3), "position": position}
 
 
-# ----------------------------------------------------------------------------- drawing
-def _polygon(n: int, cx: float, cy: float, r: float, rot: float, start: float = -math.pi / 2,
-             radii: Tuple[float, ...] = (1.0,), squash: float = 1.0) -> List[Tuple[float, float]]:
-    """n vertices around (cx, cy), radius r * radii[k % len(radii)], x scaled by `squash`."""
-    pts = []
-    for k in range(n):
-        a = start + 2 * math.pi * k / n
-        rk = r * radii[k % len(radii)]
-        x, y = rk * math.cos(a) * squash, rk * math.sin(a)
-        pts.append((cx + x * math.cos(rot) - y * math.sin(rot), cy + x * math.sin(rot) + y * math.cos(rot)))
-    return pts
-
-
 def _rotate(pts: List[Tuple[float, float]], cx: float, cy: float, rot: float):
+    """`pts` (around the origin) turned by `rot` radians and moved to (cx, cy)."""
     c, s = math.cos(rot), math.sin(rot)
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
+
+# shape -> (vertices n, radius of vertex k as radii[k % len(radii)] * r, angle of vertex 0)
+POLYGONS = {"square": (4, (1.15,), -math.pi / 4), "triangle": (3, (1.15,), -math.pi / 2),
+            "star": (10, (1.15, 0.48), -math.pi / 2)}
 
 
 def shape_mask(shape: str, cx: float, cy: float, r: float, rot: float) -> Image.Image:
     """The object's silhouette: an `L` image of the 2x canvas, 255 inside the shape."""
     mask = Image.new("L", (_S, _S), 0)
     d = ImageDraw.Draw(mask)
-    if shape == "circle":
+    if shape in ("circle", "crescent"):
         d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
-    elif shape == "crescent":
-        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
-        ox, oy = cx + 0.45 * r * math.cos(rot), cy + 0.45 * r * math.sin(rot)
-        d.ellipse((ox - 0.85 * r, oy - 0.85 * r, ox + 0.85 * r, oy + 0.85 * r), fill=0)
-    elif shape == "heart":
+        if shape == "crescent":             # minus a smaller circle shifted along `rot`
+            ox, oy = cx + 0.45 * r * math.cos(rot), cy + 0.45 * r * math.sin(rot)
+            d.ellipse((ox - 0.85 * r, oy - 0.85 * r, ox + 0.85 * r, oy + 0.85 * r), fill=0)
+        return mask
+    if shape == "heart":
         pts = []
         for k in range(48):
             t = 2 * math.pi * k / 48
             x = 16 * math.sin(t) ** 3
             y = -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t))
             pts.append((x * r / 16.5, (y + 2) * r / 16.5))
-        d.polygon(_rotate(pts, cx, cy, rot), fill=255)
     elif shape == "arrow":
         arrow = [(1, 0), (0.1, -0.8), (0.1, -0.32), (-1, -0.32), (-1, 0.32), (0.1, 0.32), (0.1, 0.8)]
-        d.polygon(_rotate([(x * r, y * r) for x, y in arrow], cx, cy, rot - math.pi / 2), fill=255)
+        pts = [(x * r, y * r) for x, y in arrow]
+        rot -= math.pi / 2                  # drawn pointing right, shown pointing up
     elif shape == "cross":
         w = 0.36
         arm = [(w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w),
                (-1, -w), (-w, -w), (-w, -1)]
-        d.polygon(_rotate([(x * r * 0.9, y * r * 0.9) for x, y in arm], cx, cy, rot), fill=255)
+        pts = [(x * r * 0.9, y * r * 0.9) for x, y in arm]
     else:
-        n, kw = {"square": (4, dict(start=-math.pi / 4, radii=(1.15,))),
-                 "triangle": (3, dict(radii=(1.15,))),
-                 "star": (10, dict(radii=(1.15, 0.48)))}[shape]
-        d.polygon(_polygon(n, cx, cy, r, rot, **kw), fill=255)
+        n, radii, start = POLYGONS[shape]
+        pts = []
+        for k in range(n):
+            a, rk = start + 2 * math.pi * k / n, r * radii[k % len(radii)]
+            pts.append((rk * math.cos(a), rk * math.sin(a)))
+    d.polygon(_rotate(pts, cx, cy, rot), fill=255)
     return mask
 
 
@@ -137,17 +127,16 @@ def _pattern(pattern: str, ink: Tuple[int, int, int], rng: random.Random,
             for x in range(off + (step // 2) * ((y // step) % 2), _S, step):
                 d.ellipse((x - 2, y - 2, x + 2, y + 2), fill=255)
     elif pattern == "checkered":
-        cell = step
-        for y in range(0, _S, cell):
-            for x in range(0, _S, cell):
-                if (x // cell + y // cell) % 2:
-                    d.rectangle((x + off, y + off, x + off + cell - 1, y + off + cell - 1), fill=255)
+        for y in range(0, _S, step):
+            for x in range(0, _S, step):
+                if (x // step + y // step) % 2:
+                    d.rectangle((x + off, y + off, x + off + step - 1, y + off + step - 1), fill=255)
     return layer, where
 
 
-def _clutter(im: Image.Image, rng: random.Random, n: int) -> None:
+def _clutter(im: Image.Image, rng: random.Random) -> None:
     d = ImageDraw.Draw(im)
-    for _ in range(n):
+    for _ in range(CLUTTER):
         x, y = rng.uniform(0, _S), rng.uniform(0, _S)
         w = rng.uniform(3, 10)
         colour = tuple(rng.randint(0, 255) for _ in range(3))
@@ -161,11 +150,10 @@ def render(scene: Dict[str, object], rng: random.Random) -> Image.Image:
     """Draw `scene` (from `sample_scene`): an RGB image SIZE x SIZE."""
     mask = shape_mask(scene["shape"], scene["cx"], scene["cy"], scene["r"], scene["rotation"])
     if scene["domain"] == "photo":
-        lo, hi = BACKGROUNDS[scene["background"]]
-        base = rng.randint(lo, hi)
+        base = rng.randint(*BACKGROUNDS[scene["background"]])
         im = Image.new("RGB", (_S, _S), _jitter((base, base, base), rng, 15))
         if scene["background"] == "cluttered":
-            _clutter(im, rng, CLUTTER)
+            _clutter(im, rng)
         colour = _jitter(COLOURS[scene["colour"]], rng, 22)
         obj = Image.new("RGB", (_S, _S), colour)
         ink = tuple(int(c * 0.55) for c in colour) if sum(colour) > 300 else \
@@ -175,8 +163,7 @@ def render(scene: Dict[str, object], rng: random.Random) -> Image.Image:
         im.paste(obj, mask=mask)
         blur, noise = rng.uniform(0.0, 0.6), rng.uniform(0.03, 0.09)
     else:
-        paper = _jitter((240, 236, 226), rng, 12)
-        im = Image.new("RGB", (_S, _S), paper)
+        im = Image.new("RGB", (_S, _S), _jitter((240, 236, 226), rng, 12))      # paper
         pencil = _jitter((45, 45, 50), rng, 25)
         layer, where = _pattern(scene["pattern"], pencil, rng, lines=1)
         im.paste(layer, mask=ImageChops.multiply(where, mask.filter(ImageFilter.MinFilter(5))))
@@ -189,48 +176,31 @@ def render(scene: Dict[str, object], rng: random.Random) -> Image.Image:
     return Image.blend(im, grain, noise)
 
 
-# ----------------------------------------------------------------------------- captions
 # Caption templates of pre-training; {} is the object description. The benchmark prompts
 # ("a photo of a {class}.") are one of these with most attributes left out.
 PHOTO_TEMPLATES = ("a photo of {}.", "a picture of {}.", "an image of {}.", "{}.",
                    "there is {}.", "a rendering of {}.", "a close-up photo of {}.")
 SKETCH_TEMPLATES = ("a sketch of {}.", "a drawing of {}.", "a pencil sketch of {}.",
                     "a line drawing of {}.", "a doodle of {}.")
-# How often each optional attribute is named in a pre-training caption.
+# How often each attribute besides the shape is named in a pre-training caption.
 MENTION = {"size": 0.5, "colour": 0.6, "pattern": 0.5, "position": 0.25, "background": 0.25}
-
-
-def article(words: str) -> str:
-    return ("an " if words[0] in "aeiou" else "a ") + words
-
-
-def describe(scene: Dict[str, object], rng: random.Random, detail: float = 1.0,
-             whole: bool = True) -> str:
-    """'small red striped circle on the left on a black background': the shape, and each other
-    attribute with probability `detail * MENTION[attribute]`; size and position only for the
-    `whole` picture (not for a random crop of it)."""
-    def named(attribute: str) -> bool:
-        keep = whole or attribute not in ("size", "position")
-        return rng.random() < detail * MENTION[attribute] and keep
-
-    words = []
-    if named("size"):
-        words.append(scene["size"])
-    if named("colour") and scene["domain"] == "photo":
-        words.append(scene["colour"])
-    if named("pattern"):
-        words.append(scene["pattern"])
-    words.append(scene["shape"])
-    text = " ".join(words)
-    if named("position"):
-        text += " " + scene["position"]
-    if named("background") and scene["domain"] == "photo":
-        text += f" on a {scene['background']} background"
-    return text
 
 
 def caption(scene: Dict[str, object], rng: random.Random, detail: float = 1.0,
             whole: bool = True) -> str:
-    """A pre-training caption of `scene`: a random template around a random description."""
-    templates = PHOTO_TEMPLATES if scene["domain"] == "photo" else SKETCH_TEMPLATES
-    return rng.choice(templates).format(article(describe(scene, rng, detail, whole)))
+    """A pre-training caption of `scene`, e.g. "a photo of a small red striped circle on the left
+    on a black background.": a random template around the shape and each other attribute with
+    probability `detail * MENTION[attribute]`; size and position only for the `whole` picture
+    (not for a random crop of it), colour and background only for photos."""
+    photo = scene["domain"] == "photo"
+    template = rng.choice(PHOTO_TEMPLATES if photo else SKETCH_TEMPLATES)
+    unseen = set() if whole else {"size", "position"}
+    if not photo:
+        unseen |= {"colour", "background"}
+    named = {a: rng.random() < detail * p and a not in unseen for a, p in MENTION.items()}
+    text = " ".join([scene[a] for a in ("size", "colour", "pattern") if named[a]] + [scene["shape"]])
+    if named["position"]:
+        text += " " + scene["position"]
+    if named["background"]:
+        text += f" on a {scene['background']} background"
+    return template.format(("an " if text[0] in "aeiou" else "a ") + text)
