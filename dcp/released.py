@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import re
-import zipfile
 from pathlib import Path
 from typing import Dict, List, Union
 
@@ -18,7 +17,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.optim.sgd import SGD
 
-from .utils import CorruptFileError, verify_zip
+from .utils import CorruptFileError, load_torch_file
 
 ALLOWED_GLOBALS = [CosineAnnealingLR, SGD, collections.defaultdict, dict]
 
@@ -94,10 +93,7 @@ def _epoch(file: Path) -> int:
 def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
     """The `state_dict` of a Dassl checkpoint as fp32 tensors, read without running code."""
     try:
-        if zipfile.is_zipfile(path):
-            verify_zip(path)        # CRCs and size: torch.load itself checks neither
-        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch_file(path, allowed=ALLOWED_GLOBALS)
     except CorruptFileError as e:
         raise ReleasedCheckpointError(str(e)) from None
     except Exception as e:  # pickle, zip and weights-only errors all mean: not a usable file

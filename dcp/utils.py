@@ -11,7 +11,7 @@ import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 log = logging.getLogger("dcp")
 
@@ -113,11 +113,14 @@ def atomic_torch_save(obj, path: Union[str, Path]) -> None:
             zf.writestr(f"{folder}/{DIGEST_MEMBER}", digest + "\n")
 
 
-def load_torch_file(path: Union[str, Path], require_digest: bool = False):
-    """`torch.load(path, weights_only=True)` after `verify_zip` (CRCs, SHA-256, size)."""
+def load_torch_file(path: Union[str, Path], require_digest: bool = False, allowed: Sequence = ()):
+    """`torch.load(path, weights_only=True)`, also allowing the globals `allowed`, after
+    `verify_zip` (CRCs, SHA-256, size) for a zip file (a legacy torch file is not a zip)."""
     import torch
-    verify_zip(path, require_digest=require_digest)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if require_digest or zipfile.is_zipfile(path):
+        verify_zip(path, require_digest=require_digest)
+    with torch.serialization.safe_globals(list(allowed)):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class Progress:

@@ -108,3 +108,15 @@ def test_the_run_machinery_reads_in_short_functions():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 assert node.end_lineno - node.lineno < 50, f"{rel}: {node.name} is too long"
+
+
+SIZE_BUDGET = 6300      # lines of dcp/**/*.py; docs/design.md, "Size" says what they pay for
+
+
+def test_the_package_stays_within_its_size_budget():
+    """`wc -l` over dcp/**/*.py: growing past the budget is a decision (docs/design.md, "Size")."""
+    files = sorted(PACKAGE.rglob("*.py"))
+    total = sum(len(p.read_text(encoding="utf-8").splitlines()) for p in files)
+    assert len(files) > 30 and total > 3000          # the package is really read
+    assert total <= SIZE_BUDGET, (f"dcp/ has {total} lines, over its budget of {SIZE_BUDGET}: "
+                                  "simplify, or raise the budget in docs/design.md and here")

@@ -14,8 +14,9 @@ tower at a time.
 """
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +39,7 @@ class PromptModel(nn.Module):
                  template: str = "a photo of a {}.", *, speedups: bool = True,
                  checkpointing: bool = False, text_chunk: int = 512):
         super().__init__()
-        duplicates = duplicate_classnames(classnames)
-        if duplicates:    # run.py refuses them for users' data (ImageNet's list has two pairs)
-            log.warning("class names equal in a prompt get the same text features; only the "
-                        "first of each can be predicted: %s", "; ".join(
-                            " = ".join(map(repr, d[:3])) for d in duplicates[:5])[:300])
+        _warn_duplicates(tuple(classnames))
         self.clip = clip.requires_grad_(False).eval()
         self.opts = opts
         self.classnames = [prompt_classname(c) for c in classnames]
@@ -123,6 +120,17 @@ class PromptModel(nn.Module):
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_duplicates(classnames: Tuple[str, ...]) -> None:
+    """Once per class list and process (a run builds its model several times); run.py refuses
+    such names for users' data, ImageNet's published list has two pairs."""
+    duplicates = duplicate_classnames(classnames)
+    if duplicates:
+        log.warning("class names equal in a prompt get the same text features; only the first "
+                    "of each can be predicted: %s", "; ".join(
+                        " = ".join(map(repr, d[:3])) for d in duplicates[:5])[:300])
 
 
 def build_method(opts: MethodOptions, clip: CLIP, classnames: Sequence[str],
