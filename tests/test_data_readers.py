@@ -161,8 +161,9 @@ def test_detect_ambiguous_and_unknown(tmp_path):
     with pytest.raises(DatasetError, match="cannot recognise") as e:
         detect_dataset(str(tmp_path / "empty"))
     assert str(tmp_path / "empty") in str(e.value)
-    with pytest.raises(DatasetError, match="not found"):
+    with pytest.raises(DatasetError, match="not found") as e:
         detect_dataset(str(tmp_path / "nope"))
+    assert str(tmp_path / "nope") in str(e.value) and "data root holding dataset folders" in str(e.value)
 
 
 # --------------------------------------------------------------------------- errors

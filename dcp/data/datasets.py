@@ -537,7 +537,8 @@ def detect_dataset(path: str) -> Tuple[str, str]:
     `(name, root)` for `build_dataset`; several candidates is an error naming them."""
     p = Path(path).expanduser().absolute()
     if not p.exists():
-        raise DatasetError(f"path not found: {p}")
+        raise DatasetError(f"data path not found: {p} (expected a data root holding dataset "
+                           "folders such as dtd/, one dataset's folder, or a .csv file)")
     if p.is_file():
         if p.suffix.lower() == ".csv":
             return "csv", str(p)
