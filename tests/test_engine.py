@@ -288,6 +288,31 @@ def test_activation_checkpointing_is_a_config_option(clip):
         load_config(None, ["optim.activation_checkpointing=sometimes"])
 
 
+def test_model_switches_are_only_set_by_the_constructor():
+    """`speedups`, `checkpointing` and `text_chunk` are fixed for a model's life: nothing in the
+    package or run.py assigns them except `PromptModel.__init__` (an evaluation with other
+    switches builds another model: `experiment.model_for`)."""
+    import ast
+    switches = {"speedups", "checkpointing", "text_chunk"}
+    found = []
+    for path in sorted(R.ROOT.glob("dcp/**/*.py")) + [R.ROOT / "run.py"]:
+        tree = ast.parse(path.read_text())
+        owner = {}                                  # node -> its innermost function's name
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                owner.update({id(n): fn.name for n in ast.walk(fn)})
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            calls = (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setattr"
+                     and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+                     and node.args[1].value in switches)
+            if calls or any(isinstance(t, ast.Attribute) and t.attr in switches for t in targets):
+                found.append((path.relative_to(R.ROOT).as_posix(),
+                              owner.get(id(node), "<module>"), node.lineno))
+    assert {(f, name) for f, name, _ in found} == {("dcp/methods/base.py", "__init__")}, found
+
+
 def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path):
     import os
     from dcp.utils import atomic_path, atomic_write_text

@@ -89,3 +89,42 @@ def test_domain_generalisation_slices_class_specific_context(run, clip, imagenet
                             shots=1))
     assert m["results"]["imagenet_a"]["num_classes"] == 200
     assert "per-class tensors ctx sliced to its 200 classes" in caplog.text
+
+
+PLUGIN_PROTOCOL = '''
+import dataclasses
+from dcp.protocols import Protocol
+from dcp.registry import PROTOCOLS
+
+
+@PROTOCOLS.register("fewshot_val")
+class FewShotOnVal(Protocol):
+    """Few-shot training, evaluated on the validation split (a model-selection protocol)."""
+    title = "Few-shot, validation split"
+
+    def eval_sets(self, label, source, train, targets, read):
+        return [("val", dataclasses.replace(train, test=source.val))]
+
+    def summary(self, label, results):
+        return {"val_accuracy": results["val"]["accuracy"]}
+'''
+
+
+def test_a_protocol_is_one_registered_class_in_a_plugin(run, clip, tmp_path, monkeypatch):
+    """Adding a protocol edits nothing in dcp/: one registered class (here in a --plugin file)
+    is accepted by the config, run, recorded and tabulated under its own title."""
+    from dcp.protocols import aggregate
+    from dcp.registry import PROTOCOLS
+    monkeypatch.setattr(PROTOCOLS, "_items", dict(PROTOCOLS._items))     # forgotten afterwards
+    plugin = tmp_path / "val_protocol.py"
+    plugin.write_text(PLUGIN_PROTOCOL)
+    data = R.make_folder_dataset(tmp_path / "four", FOUR)
+    out = tmp_path / "out"
+    assert run.main(R.argv("coop", clip, data, out, "--protocol", "fewshot_val",
+                           "--plugin", str(plugin))) == 0
+    m = R.metrics(R.run_dir(out, "coop", dataset="four", protocol="fewshot_val"))
+    assert list(m["results"]) == ["val"] and m["setting"]["protocol"] == "fewshot_val"
+    assert m["results"]["val"]["num_images"] == len(FOUR)                 # one val image a class
+    assert m["summary"] == {"val_accuracy": m["results"]["val"]["accuracy"]}
+    md, _ = aggregate(out)
+    assert "## Few-shot, validation split" in md
