@@ -88,10 +88,11 @@ def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 def build_config(args: argparse.Namespace, overrides: List[str]):
     """Config files, then key=value overrides, then the explicit options."""
     from dcp.config import ConfigError, load_config
+    from dcp.rundir import RunFolder
     files = list(args.cfg)
     if not files and args.model_dir:
         run = Path(args.model_dir).expanduser()
-        files = [(run.parent if run.is_file() else run) / "config.yaml"]
+        files = [(run.parent if run.is_file() else run) / RunFolder.CONFIG]
     if not files:
         raise ConfigError("no config: pass --cfg FILE (e.g. configs/dcp_vitb16.yaml), or run "
                           "`python run.py demo` for the offline demo")

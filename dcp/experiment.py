@@ -205,11 +205,11 @@ class Setting:
     trainable: bool
     per_class: List[str]                                  # per-class trained tensors
 
-    def draw(self, cfg: Config, run_dir: Optional[str] = None) -> DatasetSplits:
+    def draw(self, cfg: Config, record: Optional[Path] = None) -> DatasetSplits:
         """The few-shot training set of run `cfg` (drawn on all classes, then subsampled)."""
         mode = cfg.data.fewshot_draw
         mode = self.source.fewshot_draw if mode == "auto" else mode
-        return fewshot(self.source, cfg.data.shots, cfg.seed, run_dir=run_dir, mode=mode,
+        return fewshot(self.source, cfg.data.shots, cfg.seed, record=record, mode=mode,
                        subsample=protocol(cfg.protocol).train_subsample(cfg))
 
 
@@ -284,7 +284,7 @@ def _train(setting: Setting, model, cfg: Config, opts: RunOptions, folder: RunFo
         return (load_weights(model, folder.final, cfg.method.name)["history"],
                 recorded_info(folder.fewshot))
     # rank 0 records the draw first; the others repeat it
-    draw = setting.ctx.main_first(lambda: setting.draw(cfg, run_dir=str(folder.path)))
+    draw = setting.ctx.main_first(lambda: setting.draw(cfg, record=folder.fewshot))
     train = check_images(draw.train, cfg.data.on_bad_image, f"{draw.name} training images")
     log.info("training on %d images of %d classes for %d epochs (%s; batch %d, lr %g)",
              len(train), draw.num_classes, cfg.optim.epochs_for(cfg.data.shots),

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .data import DatasetSplits, subsample_classes
 from .registry import PROTOCOLS
-from .rundir import read_metrics
+from .rundir import RunFolder, read_metrics
 from .utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def aggregate(root: Union[str, Path]) -> Tuple[str, str]:
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder not found: {folder}")
     runs = []
-    for path in sorted(folder.rglob("metrics.json")):
+    for path in sorted(folder.rglob(RunFolder.METRICS)):
         doc = read_metrics(path)
         if doc is None:
             log.warning("skipping %s: not a complete dcp metrics file", path)

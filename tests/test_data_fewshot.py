@@ -129,20 +129,20 @@ def test_dassl_draw_end_to_end_with_base_classes_and_record(pets, tmp_path):
     train, val = dassl_reference(ds.train, ds.val, 4, 2)
     full = fewshot(ds, 4, 2, mode="dassl")
     assert full.train == train and full.val == val and full.fewshot_info["mode"] == "dassl"
-    base = fewshot(ds, 4, 2, run_dir=str(tmp_path), mode="dassl", subsample="base")
+    base = fewshot(ds, 4, 2, record=tmp_path / "fewshot.json", mode="dassl", subsample="base")
     assert base.classnames == ds.classnames[:3] and base.subsample == "base"
     assert base.train == [d for d in train if d.label < 3]    # drawn on all classes, then cut
     assert json.loads((tmp_path / "fewshot.json").read_text())["mode"] == "dassl"
-    assert fewshot(ds, 4, 2, run_dir=str(tmp_path), mode="dassl", subsample="base").train == base.train
+    assert fewshot(ds, 4, 2, record=tmp_path / "fewshot.json", mode="dassl", subsample="base").train == base.train
     with pytest.raises(DatasetError, match="'mode': 'per_class'"):   # the record is of another mode
-        fewshot(ds, 4, 2, run_dir=str(tmp_path), mode="per_class", subsample="base")
+        fewshot(ds, 4, 2, record=tmp_path / "fewshot.json", mode="per_class", subsample="base")
     with pytest.raises(DatasetError, match="made on all classes"):
         fewshot(subsample_classes(ds, "base"), 4, 2, mode="dassl")
 
 
 def test_tampered_record_pointing_outside_the_dataset_is_refused(pets, tmp_path):
     ds = build_dataset("oxford_pets", str(pets))
-    fewshot(ds, 2, 1, run_dir=str(tmp_path))
+    fewshot(ds, 2, 1, record=tmp_path / "fewshot.json")
     rec = tmp_path / "fewshot.json"
     doc = json.loads(rec.read_text())
     (tmp_path / "secret.jpg").write_bytes(b"x")
@@ -150,13 +150,13 @@ def test_tampered_record_pointing_outside_the_dataset_is_refused(pets, tmp_path)
         doc["train"][0][0] = evil
         rec.write_text(json.dumps(doc))
         with pytest.raises(DatasetError, match="outside the image folder"):
-            fewshot(ds, 2, 1, run_dir=str(tmp_path))
+            fewshot(ds, 2, 1, record=tmp_path / "fewshot.json")
 
 
 def test_record_save_load_and_repeat(pets, tmp_path):
     ds = build_dataset("oxford_pets", str(pets))
     run = tmp_path / "run"
-    a = fewshot(ds, 4, 1, run_dir=str(run))
+    a = fewshot(ds, 4, 1, record=run / "fewshot.json")
     rec = run / "fewshot.json"
     doc = json.loads(rec.read_text())                    # readable JSON, paths relative to images/
     assert doc["shots"] == 4 and doc["seed"] == 1 and doc["dataset"] == "oxford_pets"
@@ -167,10 +167,10 @@ def test_record_save_load_and_repeat(pets, tmp_path):
     # a run folder that holds a record repeats it, even if it was drawn differently
     doc["train"] = doc["train"][1:]
     rec.write_text(json.dumps(doc))
-    again = fewshot(ds, 4, 1, run_dir=str(run))
+    again = fewshot(ds, 4, 1, record=run / "fewshot.json")
     assert again.train == a.train[1:] and "record" in again.fewshot_info["source"]
     with pytest.raises(DatasetError) as e:               # another config in the same run folder
-        fewshot(ds, 8, 1, run_dir=str(run))
+        fewshot(ds, 8, 1, record=run / "fewshot.json")
     assert str(rec) in str(e.value)
     save_fewshot(a, tmp_path / "copy.json")
     assert load_fewshot(tmp_path / "copy.json")["train"] == a.train

@@ -120,3 +120,17 @@ def test_the_package_stays_within_its_size_budget():
     assert len(files) > 30 and total > 3000          # the package is really read
     assert total <= SIZE_BUDGET, (f"dcp/ has {total} lines, over its budget of {SIZE_BUDGET}: "
                                   "simplify, or raise the budget in docs/design.md and here")
+
+
+def test_the_run_folder_files_are_named_in_rundir_only():
+    """dcp.rundir owns the run folder: no other module (nor run.py) spells its file names."""
+    from dcp.rundir import RunFolder
+    names = {RunFolder.CONFIG, RunFolder.LOG, RunFolder.FEWSHOT, RunFolder.LAST, RunFolder.FINAL,
+             RunFolder.METRICS, RunFolder.LOCK}
+    assert len(names) == 7
+    spelled = set()
+    for path in sorted(PACKAGE.rglob("*.py")) + [PACKAGE.parent / "run.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelled.add((path.relative_to(PACKAGE.parent).as_posix(), node.value))
+    assert {p for p, _ in spelled} == {"dcp/rundir.py"}, sorted(spelled)

@@ -1,5 +1,5 @@
-"""Few-shot draws, their record `fewshot.json`, the released code's cached draws and the
-base/novel class split (docs/methods.md, "Few-shot draws")."""
+"""Few-shot draws, their JSON record (a run folder's `fewshot.json`), the released code's cached
+draws and the base/novel class split (docs/methods.md, "Few-shot draws")."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +20,6 @@ from .splits import DatasetError, DatasetSplits, Datum, check_files_exist, json_
 
 log = logging.getLogger(__name__)
 
-RECORD_NAME = "fewshot.json"
 FORMAT = "dcp-fewshot-1"
 MODES = ("dassl", "per_class")
 
@@ -152,11 +151,12 @@ def _draw(splits: DatasetSplits, target: DatasetSplits, shots: int, seed: int, m
     return {"train": drawn.train, "val": drawn.val}
 
 
-def fewshot(splits: DatasetSplits, shots: int, seed: int, run_dir: Optional[str] = None,
+def fewshot(splits: DatasetSplits, shots: int, seed: int, record: Optional[Path] = None,
             mode: str = "per_class", subsample: str = "all") -> DatasetSplits:
     """`splits` with K=`shots` train and min(K, 4) val images per class (all for K <= 0), of the
     `subsample` classes (all | base | new). `mode`: dassl | per_class; dassl draws on all classes,
-    so `splits` must hold them all. A record in `run_dir` is repeated, else one is written."""
+    so `splits` must hold them all. A draw recorded in the file `record` is repeated, else it
+    is recorded there."""
     if mode not in MODES:
         raise DatasetError(f"few-shot draw must be one of {', '.join(MODES)}, got {mode!r}")
     target = subsample_classes(splits, subsample)
@@ -169,7 +169,7 @@ def fewshot(splits: DatasetSplits, shots: int, seed: int, run_dir: Optional[str]
     if mode == "dassl" and splits.subsample != "all":
         raise DatasetError(f"the dassl draw is made on all classes of {splits.name}: pass the "
                            f"full splits and subsample={splits.subsample!r}")
-    record = Path(run_dir) / RECORD_NAME if run_dir else None
+    record = Path(record) if record else None
     if record is not None and record.is_file():
         rec = load_fewshot(record, image_dir=splits.image_dir)
         want = {"dataset": splits.name, "shots": shots, "seed": seed,

@@ -13,7 +13,7 @@ from typing import Tuple
 from ..config import Config, ConfigError, config_from_dict, to_dict
 from ..experiment import Datasets, RunOptions, load_frozen_clip, resolve, run_all
 from ..engine import setup_context
-from ..rundir import read_metrics, run_folder
+from ..rundir import RunFolder, read_metrics, run_folder
 from .data import TASKS, make_data
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ NOTE = ("mini world: a tiny CLIP pre-trained on generated pictures of shapes (dc
 
 
 def _accuracy(cfg: Config) -> float:
-    folder = run_folder(resolve(cfg, cfg.data.shots, cfg.seed))
-    return read_metrics(folder / "metrics.json")["summary"]["accuracy"]
+    folder = RunFolder(run_folder(resolve(cfg, cfg.data.shots, cfg.seed)))
+    return read_metrics(folder.metrics)["summary"]["accuracy"]
 
 
 def run_demo(cfg: Config) -> Tuple[float, float]:
