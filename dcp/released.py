@@ -146,19 +146,20 @@ def convert(model, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
         raise ReleasedCheckpointError(f"the file does not fit method {name!r}: key {e.args[0]!r} "
                                       f"is missing; {_what_is(sd)}") from None
     if name == "dcp":
-        ours.update(_cmpa(sd, len(model.fusion.blocks)))
+        ours.update(_cmpa(sd, len(model.fusion.blocks), model.opts.share))
     return ours
 
 
-def _cmpa(sd: Dict[str, Tensor], blocks: int) -> Dict[str, Tensor]:
-    """DCP's CMPA modules: block b of ours serves transformer block i = b + 1; one shared block
-    (share: true) reads the lowest block's copy."""
+def _cmpa(sd: Dict[str, Tensor], blocks: int, shared: bool) -> Dict[str, Tensor]:
+    """DCP's CMPA modules: block b of ours serves transformer block i = b + 1 (the released
+    modules at block 0 and at blocks >= P are not used); a shared one (share: true) is read
+    from the lowest block that holds it."""
     lowest = min((int(m.group(1)) for k in sd
                   if (m := re.match(r"encoder\.resblocks\.(\d+)\.prompt_attn\.", k))), default=1)
     ours = {}
     for b in range(blocks):
         for old, new in CMPA_NAMES.items():
-            src = f"encoder.resblocks.{lowest if blocks == 1 else b + 1}.prompt_attn.{old}."
+            src = f"encoder.resblocks.{lowest if shared else b + 1}.prompt_attn.{old}."
             ours.update({f"fusion.blocks.{b}.{new}.{k[len(src):]}": v
                          for k, v in sd.items() if k.startswith(src)})
     return ours

@@ -119,8 +119,9 @@ class RunFolder:
 
     def __init__(self, path: Path, writer: bool = True):
         self.path, self.writer = Path(path), writer
-        for name in ("config", "log", "fewshot", "last", "final", "metrics"):
-            setattr(self, name, self.path / getattr(self, name.upper()))
+        p = self.path
+        self.config, self.log, self.fewshot = p / self.CONFIG, p / self.LOG, p / self.FEWSHOT
+        self.last, self.final, self.metrics = p / self.LAST, p / self.FINAL, p / self.METRICS
 
     def status(self) -> str:
         """finished (a readable metrics.json) | trained (final.pt) | interrupted (last.pt) | new."""

@@ -68,13 +68,13 @@ def released_layout(model):
                  "mlp_t": "mlp_pa_text", "ln_2_t": "ln_pa_2_text"}
         blocks = model.fusion.blocks
         for i in range(12):       # the released model has a CMPA module in every block
-            shared = len(blocks) == 1
-            if not shared and not 1 <= i <= len(blocks):
-                continue          # unused modules of a per-block checkpoint are left out here
-            blk = blocks[0] if shared else blocks[i - 1]
+            shared = model.opts.share
+            used = shared or 1 <= i <= len(blocks)    # per block: 0 and >= P are not used
+            blk = blocks[0] if shared or not used else blocks[i - 1]
             for k, v in blk.state_dict().items():
                 mod, rest = k.split(".", 1)
-                sd[f"encoder.resblocks.{i}.prompt_attn.{names[mod]}.{rest}"] = v
+                sd[f"encoder.resblocks.{i}.prompt_attn.{names[mod]}.{rest}"] = (
+                    v if used else torch.full_like(v, 7.0))        # unused: must be ignored
     if name == "mudpt":
         sd["mudpt_prompt_learner.ctx"] = model.ctx
         sd["mudpt_prompt_learner.deep_prompts"] = model.text_deep
@@ -102,7 +102,9 @@ def save_dassl(sd, path, epoch=5):
 
 CASES = [("coop", {}), ("coop", {"class_specific": True}), ("cocoop", {}), ("vpt", D),
          ("ivlp", D), ("maple", D), ("dcp", {**D, "variant": "released"}),
-         ("dcp", {**D, "variant": "released", "share": False}), ("mudpt", {**D, "variant": "released"})]
+         ("dcp", {**D, "variant": "released", "share": False}),
+         ("dcp", {"depth": 2, "variant": "released", "share": False}),     # one module, block 1
+         ("mudpt", {**D, "variant": "released"})]
 
 
 @pytest.mark.parametrize("name,opts", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
