@@ -278,6 +278,31 @@ def test_every_method_config_loads_with_the_spec_defaults():
     assert load_config(R.CONFIGS / "demo.yaml").clip == "miniworld"
 
 
+def test_the_method_configs_hold_the_spec_prompt_layouts():
+    """docs/methods.md, "The family": prompt lengths, depths, init words and the schedules the
+    table above does not pin (CoOp's epochs by shots, DCP released's test batch of 16)."""
+    photo = "a photo of a"
+    layouts = {"ivlp_vitb16": (2, 2, 12, photo), "maple_vitb16": (2, 2, 9, photo),
+               "maple_xd_vitb16": (2, 2, 3, photo), "mudpt_vitb16": (2, 2, 9, photo),
+               "mudpt_released_vitb16": (2, 2, 9, photo), "dcp_released_vitb16": (16, 16, 10, photo)}
+    for name, expected in layouts.items():
+        m = load_config(R.CONFIGS / f"{name}.yaml").method
+        assert (m.n_ctx, m.n_ctx_vision, m.depth, m.init) == expected, name
+    coop_shots = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
+    for name, n, init, table in [("coop_vitb16", 16, "", coop_shots),
+                                 ("coop_ctxv1_vitb16", 4, photo, coop_shots),
+                                 ("coop_vitb16_imagenet", 16, "", dict.fromkeys(coop_shots, 50))]:
+        cfg = load_config(R.CONFIGS / f"{name}.yaml")
+        assert (cfg.method.n_ctx, cfg.method.init, cfg.method.class_token_position) == (n, init, "end")
+        assert {k: cfg.optim.epochs_for(k) for k in table} == table, name
+    cocoop = load_config(R.CONFIGS / "cocoop_vitb16.yaml").method
+    assert (cocoop.n_ctx, cocoop.init) == (4, photo)
+    released = load_config(R.CONFIGS / "dcp_released_vitb16.yaml")
+    assert (released.method.fusing, released.method.share, released.eval.batch_size) == ("mean", True, 16)
+    for name in layouts:
+        assert load_config(R.CONFIGS / f"{name}.yaml").optim.warmup_epochs == 1
+
+
 def test_activation_checkpointing_is_a_config_option(clip):
     from dcp.experiment import build
     for flag in (False, True):
