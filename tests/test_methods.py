@@ -274,6 +274,24 @@ def test_mudpt_fusion_follows_spec(clip):
         s = f.encoder(torch.cat([T[1], f.w_in(V[1])])[None] + f.modality.repeat_interleave(n, 0))[0]
         torch.testing.assert_close(v[1], V[1] + f.w_tv(s[:n]))
         torch.testing.assert_close(t[1], T[1] + f.w_vt(s[n:]))
+    enc = paper.fusion.encoder          # post-norm, Dt // 64 heads, FFN 4 Dt, GELU, dropout 0
+    assert (enc.norm_first, enc.self_attn.num_heads, enc.linear1.out_features) == (False, 1, 256)
+    assert enc.activation is F.gelu and enc.dropout.p == enc.dropout1.p == enc.dropout2.p == 0.0
+
+
+def test_vision_prompts_enter_after_the_positions_before_ln_pre(clip, images):
+    """docs/methods.md, "Conventions": vision prompts are appended to [CLS, patches] after the
+    positional embedding (they get none) and before ln_pre, then overwritten before block i."""
+    torch.manual_seed(3)
+    p0, p1 = torch.randn(2, 128), torch.randn(2, 128)
+    step = static_step(vision=[p0, p1])
+    v, _ = run_towers(clip, images, step=step, depth=2)
+    vis = clip.visual
+    x = vis.ln_pre(torch.cat([vis.embed(images), p0.expand(len(images), -1, -1)], dim=1))
+    x = vis.transformer.resblocks[0](x)
+    x = vis.transformer.resblocks[1](torch.cat([x[:, :-2], p1.expand(len(images), -1, -1)], dim=1))
+    x = vis.transformer.resblocks[2](x)
+    torch.testing.assert_close(v, x)
 
 
 def test_parameter_counts_at_vit_b16():
@@ -291,6 +309,43 @@ def test_parameter_counts_at_vit_b16():
     assert count("dcp", share=False) == 9 * 11_027_968 + 16 * (512 + 768)   # blocks 1..P-1
     assert count("mudpt", variant="released") == 1_204_736
     assert count("mudpt") == 4_226_816
+    # CoCoOp: ctx (4, 512) and the meta-net Linear(512, 512 // 16) - ReLU - Linear(32, 512)
+    assert count("cocoop") == 4 * 512 + (512 * 32 + 32) + (32 * 512 + 512) == 35_360
+
+
+def test_cmpa_block_computes_the_equations_of_docs_methods():
+    """docs/methods.md, "DCP": v' = v + MHA_v(q=LN1_v(W_t2v t), k=v=LN1_v(v)), then
+    v' + MLP_v(LN2_v(v')) (and the mirror for t), recomputed here from the raw weights with
+    scaled dot-product attention of 64-wide heads."""
+    torch.manual_seed(0)
+    blk = CMPABlock(128, 192).eval()
+    for p in blk.parameters():                   # LayerNorms away from their identity init
+        p.data.normal_(0, 0.2)
+    ln = lambda x, m: F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+
+    def mha(q, kv, attn):                        # (B, n, D): heads of 64, softmax(QK^T / 8) V
+        d = q.shape[-1]
+        wq, wk, wv = attn.in_proj_weight.split(d)
+        bq, bk, bv = attn.in_proj_bias.split(d)
+        heads = lambda x: x.unflatten(-1, (d // 64, 64)).transpose(1, 2)
+        a = torch.softmax(heads(q @ wq.T + bq) @ heads(kv @ wk.T + bk).transpose(-1, -2) / 8, -1)
+        out = (a @ heads(kv @ wv.T + bv)).transpose(1, 2).flatten(-2)
+        return out @ attn.out_proj.weight.T + attn.out_proj.bias
+
+    def mlp(x, m):
+        h = x @ m.c_fc.weight.T + m.c_fc.bias
+        return (h * torch.sigmoid(1.702 * h)) @ m.c_proj.weight.T + m.c_proj.bias
+
+    v, t = torch.randn(3, 4, 192), torch.randn(1, 4, 128)
+    want_v = v + mha(ln(t @ blk.t2v.weight.T + blk.t2v.bias, blk.ln_1_v).expand(3, -1, -1),
+                     ln(v, blk.ln_1_v), blk.attn_v)
+    want_v = want_v + mlp(ln(want_v, blk.ln_2_v), blk.mlp_v)
+    want_t = t + mha(ln(v[:1] @ blk.v2t.weight.T + blk.v2t.bias, blk.ln_1_t), ln(t, blk.ln_1_t),
+                     blk.attn_t)
+    want_t = want_t + mlp(ln(want_t, blk.ln_2_t), blk.mlp_t)
+    with torch.no_grad():
+        torch.testing.assert_close(blk.vision(v, t), want_v, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(blk.text(t, v[:1]), want_t, rtol=1e-5, atol=1e-5)
 
 
 def test_widths_come_from_the_checkpoint():

@@ -34,6 +34,9 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(run, tiny, uninterrupt
     folder = R.run_dir(tmp_path, "dcp")
     assert (folder / "last.pt").is_file() and not (folder / "metrics.json").exists()
     assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 1
+    group = torch.load(folder / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert (group["momentum"], group["weight_decay"], group["dampening"], group["nesterov"]) == \
+        (0.9, 5e-4, 0, False)                                      # SGD as Dassl builds it
 
     caplog.clear()
     assert run.main(args) == 2                                     # not silently restarted
