@@ -181,7 +181,7 @@ def test_real_photos_clothing_small(tmp_path):
                              "shorts", "skirt", "t-shirt"]
     assert (len(ds.train), len(ds.val), len(ds.test)) == (320, 120, 372)
     assert sum(d.label == 2 for d in ds.test) == 72      # longsleeve: 72 test photos
-    few = fewshot(ds, 2, seed=1, run_dir=str(tmp_path))
+    few = fewshot(ds, 2, seed=1, record=tmp_path / "fewshot.json")
     assert len(few.train) == 20 and (tmp_path / "fewshot.json").is_file()
     loader = train_loader(few.train, build_transform(True, 64), 8, seed=1)
     images, labels, idx = next(batches(loader))
