@@ -366,13 +366,17 @@ def test_preprocess_matches_reference(openai_clip):
     rgb = Image.fromarray(pixels)
     reference = openai_clip.clip._transform(64)
     ours = dclip.image_transform(64)
+    transparent = rgb.convert("RGBA")
+    transparent.putalpha(Image.fromarray(pixels[..., 0]))
+    # every PIL mode a user may hand over; OpenAI converts to RGB after the crop, and PIL resizes
+    # palette and 1-bit images by nearest neighbour, RGBA with premultiplied alpha
     for image in [rgb, rgb.transpose(Image.Transpose.TRANSPOSE), rgb.convert("L"),
-                  Image.new("RGB", (64, 64), (10, 200, 30))]:
+                  Image.new("RGB", (64, 64), (10, 200, 30)), rgb.convert("RGBA"), transparent,
+                  rgb.convert("P"), rgb.convert("1"), rgb.convert("CMYK"), rgb.convert("YCbCr"),
+                  rgb.convert("L").convert("I;16")]:
         x = ours(image)
         assert x.shape == (3, 64, 64) and x.dtype == torch.float32
-        assert torch.equal(x, reference(image))
-    rgba = rgb.convert("RGBA")
-    assert torch.equal(ours(rgba), ours(rgb))
+        assert torch.equal(x, reference(image)), image.mode
 
 
 def test_clip_mean_std():

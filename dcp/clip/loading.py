@@ -303,12 +303,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def image_transform(resolution: int) -> Callable[[Image.Image], torch.Tensor]:
-    """CLIP's preprocessing, PIL image -> (3, resolution, resolution) float tensor: RGB, bicubic
-    resize of the short side to `resolution`, centre crop, CLIP mean/std."""
+    """CLIP's preprocessing, PIL image -> (3, resolution, resolution) float tensor, in OpenAI's
+    order: bicubic resize of the short side to `resolution`, centre crop, RGB, CLIP mean/std."""
     return transforms.Compose([
-        _to_rgb,
         transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(resolution),
+        _to_rgb,
         transforms.ToTensor(),
         transforms.Normalize(CLIP_MEAN, CLIP_STD),
     ])
