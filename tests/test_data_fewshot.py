@@ -146,11 +146,45 @@ def test_tampered_record_pointing_outside_the_dataset_is_refused(pets, tmp_path)
     rec = tmp_path / "fewshot.json"
     doc = json.loads(rec.read_text())
     (tmp_path / "secret.jpg").write_bytes(b"x")
-    for evil in ("../../secret.jpg", str(tmp_path / "secret.jpg")):
+    for evil, refused in (("../../secret.jpg", "outside the image folder"),
+                          (str(tmp_path / "secret.jpg"), "secret.jpg .* is not a train image of "
+                                                         "oxford_pets")):
         doc["train"][0][0] = evil
         rec.write_text(json.dumps(doc))
-        with pytest.raises(DatasetError, match="outside the image folder"):
+        with pytest.raises(DatasetError, match=refused):
             fewshot(ds, 2, 1, record=tmp_path / "fewshot.json")
+
+
+def test_a_record_is_read_back_through_symlinked_folders_and_absolute_paths(pets, tmp_path):
+    """CoOp's DATASETS.md suggests symlinking image folders (e.g. ImageNet's images/train):
+    a record is checked by name and by membership of the split, not by resolved location; an
+    image outside the image folder (a CSV's absolute path) is recorded absolute and read back."""
+    import shutil
+    linked = tmp_path / "linked"
+    shutil.copytree(pets, linked, ignore=shutil.ignore_patterns("images"))
+    (linked / "oxford_pets" / "images").mkdir()
+    real = tmp_path / "real_images"
+    shutil.copytree(pets / "oxford_pets" / "images", real)
+    for sub in sorted(real.iterdir()):                       # every image reached through a link
+        (linked / "oxford_pets" / "images" / sub.name).symlink_to(sub)
+    ds = build_dataset("oxford_pets", str(linked))
+    a = fewshot(ds, 2, 1, record=tmp_path / "a.json")
+    assert fewshot(ds, 2, 1, record=tmp_path / "a.json").train == a.train
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    rows = {s: [] for s in ("train", "test")}
+    for s, paths in rows.items():
+        for c in range(2):
+            for i in range(3):
+                shutil.copy(a.train[0].path, outside / f"{s}{c}{i}.jpg")
+                paths.append(f"{outside / f'{s}{c}{i}.jpg'},{c},class{c}")
+        (tmp_path / "csvdata").mkdir(exist_ok=True)
+        (tmp_path / "csvdata" / f"{s}.csv").write_text("\n".join(paths) + "\n")
+    ds = build_dataset("csv", str(tmp_path / "csvdata"))
+    b = fewshot(ds, 2, 1, record=tmp_path / "b.json")
+    assert json.loads((tmp_path / "b.json").read_text())["train"][0][0].startswith(str(outside))
+    assert fewshot(ds, 2, 1, record=tmp_path / "b.json").train == b.train
 
 
 def test_record_save_load_and_repeat(pets, tmp_path):

@@ -11,7 +11,7 @@ import pickle
 import random
 import re
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence
 
 from dcp.utils import atomic_write_text
@@ -179,6 +179,13 @@ def fewshot(splits: DatasetSplits, shots: int, seed: int, record: Optional[Path]
             raise DatasetError(f"{record} records the draw of {got} with {len(rec['classnames'])} "
                                f"classes, this run asks for {want} with {target.num_classes}: "
                                "use another run folder")
+        for split in ("train", "val"):         # only images of this dataset's own split
+            own = set(getattr(target, split))
+            stray = next((d for d in rec[split] if d not in own), None)
+            if stray is not None:
+                raise DatasetError(f"{record}: {stray.path} ({stray.classname!r}) is not a {split} "
+                                   f"image of {target.name}; the record belongs to another "
+                                   "dataset or split: use another run folder")
         log.info("%s: repeating the few-shot draw recorded in %s", splits.name, record)
         draw, source = {"train": rec["train"], "val": rec["val"]}, f"record {record}"
     else:
@@ -236,8 +243,9 @@ def recorded_info(path) -> Optional[dict]:
 
 
 def load_fewshot(path, image_dir: Optional[str] = None) -> dict:
-    """A record of `save_fewshot`: its fields, `train`/`val` as lists of `Datum` with paths
-    resolved against `image_dir` (default: the recorded one). Every file must exist inside it."""
+    """A record of `save_fewshot`: its fields, `train`/`val` as lists of `Datum` with relative
+    paths joined to `image_dir` (default: the recorded one; a relative path may not climb out of
+    it, checked by name so that symlinked sub-folders work); every file must exist."""
     path = Path(path)
     doc = _read_record(path)
     need = ("dataset", "shots", "seed", "subsample", "image_dir", "classnames", "train", "val")
@@ -246,7 +254,7 @@ def load_fewshot(path, image_dir: Optional[str] = None) -> dict:
     base = image_dir or doc["image_dir"]
     if not (isinstance(base, str) and isinstance(doc["classnames"], list)):
         raise DatasetError(f"{path}: image_dir must be a path and classnames a list")
-    n, inside = len(doc["classnames"]), os.path.realpath(base)
+    n = len(doc["classnames"])
     for split in ("train", "val"):
         items = []
         for i, e in enumerate(doc[split] if isinstance(doc[split], list) else [doc[split]]):
@@ -254,8 +262,8 @@ def load_fewshot(path, image_dir: Optional[str] = None) -> dict:
                     and isinstance(e[1], int) and 0 <= e[1] < n and doc["classnames"][e[1]] == e[2]):
                 raise DatasetError(f"{path}, {split}[{i}]: expected [path, label in 0..{n - 1}, "
                                    f"its class name], got {str(e)[:200]}")
-            full = os.path.join(base, e[0])
-            if os.path.commonpath([inside, os.path.realpath(full)]) != inside:
+            full = os.path.join(base, e[0])     # an absolute path (outside image_dir) stays
+            if ".." in PurePosixPath(e[0].replace("\\", "/")).parts:
                 raise DatasetError(f"{path}, {split}[{i}]: {e[0][:200]!r} is outside the image "
                                    f"folder {base}; refusing a record that points elsewhere")
             items.append(Datum(full, e[1], e[2]))
