@@ -88,7 +88,8 @@ def test_small_class_is_an_error(pets, mode):
 def dassl_reference(train, val, shots, seed):
     """Dassl's algorithm, written out from its description: `random.seed(seed)`, then per data
     source (train with K, val with min(K, 4)) group items by label in order of first
-    appearance and `random.sample(items, K)` per group (a smaller group is taken whole)."""
+    appearance and `random.sample(items, K)` per group (a smaller group: `random.choices(items,
+    k=K)`, Dassl's default `repeat=True`)."""
     random.seed(seed)
     out = []
     for source, k in ((train, shots), (val, min(shots, 4))):
@@ -97,7 +98,7 @@ def dassl_reference(train, val, shots, seed):
             groups.setdefault(item.label, []).append(item)
         picked = []
         for items in groups.values():
-            picked.extend(random.sample(items, k) if len(items) >= k else items)
+            picked.extend(random.sample(items, k) if len(items) >= k else random.choices(items, k=k))
         out.append(picked)
     return out
 
@@ -121,6 +122,20 @@ def test_dassl_draw_matches_the_released_algorithm_on_the_real_splits(name):
                    draw_dassl(val, min(shots, 4), rng, "val", name))
             want = dassl_reference(train, val, shots, seed)
             assert list(got) == want, (name, shots, seed)
+
+
+def test_dassl_draw_repeats_a_small_val_class_like_dassl():
+    """A val class with fewer than min(K, 4) images: Dassl's default `repeat=True` draws it with
+    replacement (`random.choices`), which also moves the stream for the classes after it."""
+    from dcp.data import Datum
+    from dcp.data.fewshot import draw_dassl
+    train = [Datum(f"t{c}_{i}.jpg", c, f"c{c}") for c in range(3) for i in range(6)]
+    val = [Datum(f"v{c}_{i}.jpg", c, f"c{c}") for c, n in ((0, 2), (1, 6), (2, 5)) for i in range(n)]
+    rng = random.Random(7)
+    got = draw_dassl(train, 4, rng, "train", "x"), draw_dassl(val, 4, rng, "val", "x")
+    assert list(got) == dassl_reference(train, val, 4, 7)
+    small = [d for d in got[1] if d.label == 0]
+    assert len(small) == 4 and len(set(small)) <= 2                # repeated images
 
 
 def test_dassl_draw_end_to_end_with_base_classes_and_record(pets, tmp_path):
@@ -260,15 +275,16 @@ def test_cached_pkl_is_used_and_remapped(pets, fake_dassl):
     chosen_val = [d for d in ds.val if d.path.endswith("_101.jpg")]
     _write_pkl(pets / "oxford_pets/split_fewshot/shot_2-seed_1.pkl",
                {"train": _as_dassl(fake_dassl, chosen_train), "val": _as_dassl(fake_dassl, chosen_val)})
-    out = fewshot(ds, 2, 1)
+    out = fewshot(ds, 2, 1, mode="dassl")
     assert out.train == chosen_train and out.val == chosen_val
     assert "released-code cache" in out.fewshot_info["source"]
     assert all(d.path.startswith(str(pets)) for d in out.train)
-    assert fewshot(ds, 2, 2).fewshot_info["source"] == "drawn"       # other seed: no cache
+    assert fewshot(ds, 2, 1, mode="per_class").fewshot_info["source"] == "drawn"   # Dassl's only
+    assert fewshot(ds, 2, 2, mode="dassl").fewshot_info["source"] == "drawn"       # other seed: no cache
     no_cache = build_dataset("oxford_pets", str(pets), fewshot_cache=False)
-    assert fewshot(no_cache, 2, 1).train != chosen_train
+    assert fewshot(no_cache, 2, 1, mode="dassl").train != chosen_train
     # base/new subsampling keeps the cached draw's classes of that half, relabelled
-    new = fewshot(subsample_classes(ds, "new"), 2, 1)
+    new = fewshot(ds, 2, 1, mode="dassl", subsample="new")
     assert [(d.label, d.classname) for d in new.train] == [(0, "boxer"), (0, "boxer"), (1, "pug"), (1, "pug")]
     assert _names(new.train) == ["boxer_7.jpg", "boxer_13.jpg", "pug_7.jpg", "pug_13.jpg"]
 
@@ -279,7 +295,7 @@ def test_cached_pkl_train_only_and_windows_paths(pets, fake_dassl):
     dassl = [fake_dassl("C:\\data\\oxford_pets\\images\\" + os.path.basename(d.path), d.label, 0,
                         d.classname) for d in chosen]
     _write_pkl(pets / "oxford_pets/split_fewshot/shot_1-seed_5.pkl", {"train": dassl})
-    out = fewshot(ds, 1, 5)
+    out = fewshot(ds, 1, 5, mode="dassl")
     assert out.train == chosen and len(out.val) == 5     # val drawn here (ImageNet-style cache)
 
 
@@ -289,12 +305,12 @@ def test_cached_pkl_from_another_split_is_an_error(pets, fake_dassl):
     pkl = pets / "oxford_pets/split_fewshot/shot_1-seed_1.pkl"
     _write_pkl(pkl, {"train": bad, "val": []})
     with pytest.raises(DatasetError) as e:
-        fewshot(ds, 1, 1)
+        fewshot(ds, 1, 1, mode="dassl")
     assert str(pkl) in str(e.value) and "Sphynx_1.jpg" in str(e.value)
     wrong_label = [fake_dassl("/x/oxford_pets/images/Bengal_3.jpg", 0, 0, "abyssinian")]
     _write_pkl(pkl, {"train": wrong_label, "val": []})
     with pytest.raises(DatasetError, match="has label 0"):
-        fewshot(ds, 1, 1)
+        fewshot(ds, 1, 1, mode="dassl")
 
 
 class _Evil:
@@ -311,7 +327,7 @@ def test_malicious_pickle_is_refused(pets, tmp_path):
     _write_pkl(pkl, {"train": [_Evil(marker)], "val": []})
     ds = build_dataset("oxford_pets", str(pets))
     with pytest.raises(DatasetError) as e:
-        fewshot(ds, 1, 1)
+        fewshot(ds, 1, 1, mode="dassl")
     assert "refusing to load global" in str(e.value) and str(pkl) in str(e.value)
     assert not marker.exists()
     for payload in ({"train": [eval], "val": []}, {"train": [Path("/")], "val": []}):

@@ -122,10 +122,11 @@ def _by_class(data: Sequence[Datum], k: int, split: str, name: str) -> Dict[int,
 
 def draw_dassl(data: Sequence[Datum], k: int, rng: random.Random, split: str,
                name: str) -> List[Datum]:
-    """Dassl's draw: `rng.sample(items, k)` per class (a smaller val class is taken whole)."""
+    """Dassl's draw: `rng.sample(items, k)` per class; a smaller (val) class is drawn with
+    replacement, `rng.choices(items, k=k)`, as Dassl's `repeat=True` does."""
     out: List[Datum] = []
     for items in _by_class(data, k, split, name).values():
-        out += rng.sample(items, k) if len(items) >= k else items
+        out += rng.sample(items, k) if len(items) >= k else rng.choices(items, k=k)
     return out
 
 
@@ -189,7 +190,7 @@ def fewshot(splits: DatasetSplits, shots: int, seed: int, record: Optional[Path]
         log.info("%s: repeating the few-shot draw recorded in %s", splits.name, record)
         draw, source = {"train": rec["train"], "val": rec["val"]}, f"record {record}"
     else:
-        draw, pkl = _from_cache(target, shots, seed)
+        draw, pkl = _from_cache(target, shots, seed) if mode == "dassl" else ({}, None)
         source = f"released-code cache {pkl}" if pkl else "drawn"
         if "train" not in draw:
             draw = _draw(splits, target, shots, seed, mode)
