@@ -78,7 +78,7 @@ def test_train_transform(odd_images):
         a = t(load_image(odd_images[k]))
         torch.manual_seed(0)
         assert a.shape == (3, 24, 24) and torch.equal(a, t(load_image(odd_images[k])))
-    assert build_transform(False).transforms[2].size == (224, 224)   # centre crop, default 224
+    assert build_transform(False).transforms[1].size == (224, 224)   # centre crop, default 224
     assert build_transform(True, 24, crop_scale=(0.5, 1.0)).transforms[0].scale == (0.5, 1.0)
 
 
