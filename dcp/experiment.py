@@ -30,8 +30,10 @@ from .methods import build_method
 from .prompting import duplicate_classnames, prompt_classname
 from .protocols import protocol
 from .registry import DATASETS
+from .released import find_checkpoint
 from .rundir import (RunError, RunFolder, dataset_label, load_weights, method_tag, run_folder,
-                     setting_hash)
+                     run_tag, setting_hash)
+from .utils import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +250,21 @@ def prepare(cfg: Config, opts: RunOptions, shots: Sequence[int], seeds: Sequence
 
 
 # --------------------------------------------------------------------------- one run
+def origin(cfg: Config, opts: RunOptions) -> str:
+    """Where the run's trained tensors come from when not from its own training, as
+    `<kind>:sha256:<hex>` (kind: released, init_released, eval; `rundir.run_tag`), else ""."""
+    if opts.load_released:
+        kind = "released" if opts.eval_only else "init_released"
+        return f"{kind}:sha256:{sha256_file(find_checkpoint(opts.load_released, cfg.method.name))}"
+    if not (opts.eval_only and opts.model_dir):
+        return ""
+    weights = Path(opts.model_dir).expanduser()
+    weights = weights / RunFolder.FINAL if weights.is_dir() else weights
+    if not weights.is_file() or weights.parent.resolve() == run_folder(cfg).resolve():
+        return ""                   # in place (or missing: `_decide` says so)
+    return f"eval:sha256:{sha256_file(weights)}"
+
+
 def _decide(folder: RunFolder, opts: RunOptions, trainable: bool) -> Tuple[Optional[str], Optional[Path]]:
     """(status, or None to skip the run; the weights to evaluate with --eval-only), decided
     from the folder before anything is written."""
@@ -315,15 +332,15 @@ def _evaluate(setting: Setting, model, cfg: Config) -> Dict[str, dict]:
 def run_one(setting: Setting, cfg: Config, opts: RunOptions) -> Optional[dict]:
     """Train (unless evaluating only) and evaluate one run in its folder; returns its metrics
     document (None when the folder already held a finished run, or on ranks > 0)."""
-    ctx, train = setting.ctx, setting.train
-    folder = RunFolder(run_folder(cfg), writer=ctx.main)
+    ctx, train, source = setting.ctx, setting.train, origin(cfg, opts)
+    folder = RunFolder(run_folder(cfg, source), writer=ctx.main)
     status, weights = _decide(folder, opts, setting.trainable)
     if status is None:
         return None
     with folder.claim(), folder.logging():
         if opts.force and not opts.eval_only:
             folder.clean()
-        log.info("run %s: %s on %s, %s, %d shots, seed %d%s", folder.path, method_tag(cfg),
+        log.info("run %s: %s on %s, %s, %d shots, seed %d%s", folder.path, run_tag(cfg, source),
                  dataset_label(cfg), cfg.protocol, cfg.data.shots, cfg.seed,
                  " (evaluation only)" if opts.eval_only else "")
         if ctx.main and not opts.eval_only:
@@ -346,7 +363,7 @@ def run_one(setting: Setting, cfg: Config, opts: RunOptions) -> Optional[dict]:
         results = _evaluate(setting, model, cfg)
         if not ctx.main:
             return None
-        doc = _metrics_doc(setting, cfg, opts, results, weights, {
+        doc = _metrics_doc(setting, cfg, opts, source, results, weights, {
             "trainable_parameters": model.num_trainable(), "history": history,
             "fewshot": fewshot_info})
         folder.write_metrics(doc)
@@ -354,12 +371,13 @@ def run_one(setting: Setting, cfg: Config, opts: RunOptions) -> Optional[dict]:
         return doc
 
 
-def _metrics_doc(setting: Setting, cfg: Config, opts: RunOptions, results: Dict[str, dict],
-                 weights: Optional[Path], train: dict) -> dict:
+def _metrics_doc(setting: Setting, cfg: Config, opts: RunOptions, source: str,
+                 results: Dict[str, dict], weights: Optional[Path], train: dict) -> dict:
     s = {"protocol": cfg.protocol, "dataset": dataset_label(cfg), "dataset_name": cfg.data.dataset,
          "method": cfg.method.name, "variant": getattr(cfg.method, "variant", None),
          "fusion": cfg.method.fusion_name() if hasattr(cfg.method, "fusion_name") else None,
-         "tag": method_tag(cfg), "setting_hash": setting_hash(cfg), "shots": cfg.data.shots,
+         "tag": run_tag(cfg, source), "setting_hash": setting_hash(cfg, source),
+         "origin": source or None, "shots": cfg.data.shots,
          "seed": cfg.seed, "clip": cfg.clip, "image_size": setting.size,
          "epochs": cfg.optim.epochs_for(cfg.data.shots) if setting.trainable else 0,
          "subsample": setting.train.subsample, "eval_datasets": list(cfg.eval.datasets)}
@@ -379,7 +397,7 @@ def _fmt(v) -> str:
 
 
 # --------------------------------------------------------------------------- entry points
-def describe(setting: Setting) -> str:
+def describe(setting: Setting, opts: RunOptions) -> str:
     """What `--dry-run` prints: the resolved config, the data, the model and the schedule."""
     src, info = setting.source, setting.source.split_info
     state = {True: "matches the published file", False: "differs from the published file",
@@ -393,10 +411,11 @@ def describe(setting: Setting) -> str:
     tests = [f"  test {k}: {len(s.test)} images, {s.num_classes} classes" for k, s in setting.tests]
     for run in setting.runs:
         model = build(run, setting.clip, setting.train.classnames, setting.train.template)
-        folder = RunFolder(run_folder(run))
+        source = origin(run, opts)
+        folder = RunFolder(run_folder(run, source))
         has_fusion = getattr(model, "fusion", None) is not None
         fusion = f" (fusion {run.method.fusion_name()})" if has_fusion else ""
-        line = (f"run {folder.path} [{folder.status()}]: {method_tag(run)}{fusion}, input "
+        line = (f"run {folder.path} [{folder.status()}]: {run_tag(run, source)}{fusion}, input "
                 f"{setting.size}px, {model.num_trainable()} trainable parameters")
         if setting.trainable:
             draw, epochs = setting.draw(run), run.optim.epochs_for(run.data.shots)
@@ -431,4 +450,4 @@ def run_all(cfg: Config, opts: RunOptions, seeds: Sequence[int], shots: Sequence
 def dry_run(cfg: Config, opts: RunOptions, seeds: Sequence[int], shots: Sequence[int]) -> str:
     """Every check of `run_all`, nothing written: the description `describe` gives."""
     with _context(cfg) as ctx:
-        return describe(prepare(cfg, opts, shots, seeds, ctx))
+        return describe(prepare(cfg, opts, shots, seeds, ctx), opts)

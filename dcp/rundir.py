@@ -61,12 +61,14 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     return "sha256:" + sha256_file(path)
 
 
-def setting_identity(cfg: Config) -> Dict[str, Any]:
+def setting_identity(cfg: Config, origin: str = "") -> Dict[str, Any]:
     """The config minus what cannot change results: seed and shots (in the path), output and
     data root (where things lie), loader workers, evaluation speed-ups (exact) and the test
     batch size (unless the method's evaluation depends on its batch). A CLIP checkpoint file
-    counts by its SHA-256, wherever it lies."""
+    counts by its SHA-256, wherever it lies; so do trained tensors from elsewhere (`origin`)."""
     d = to_dict(cfg)
+    if origin:
+        d["origin"] = origin
     for key in ("seed", "output"):
         d.pop(key)
     for key in ("shots", "num_workers") + (() if cfg.data.dataset in USER_DATASETS else ("root",)):
@@ -81,14 +83,24 @@ def setting_identity(cfg: Config) -> Dict[str, Any]:
     return d
 
 
-def setting_hash(cfg: Config) -> str:
-    text = json.dumps(setting_identity(cfg), sort_keys=True, default=str)
+def setting_hash(cfg: Config, origin: str = "") -> str:
+    text = json.dumps(setting_identity(cfg, origin), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def run_folder(cfg: Config) -> Path:
+def run_tag(cfg: Config, origin: str = "") -> str:
+    """`method_tag`, marked when the trained tensors come from elsewhere (`origin`
+    `<kind>:sha256:<hex>`): `+released` (a released checkpoint evaluated), `+init_released`
+    (trained from one), `+eval` (another run's final.pt evaluated)."""
+    return method_tag(cfg) + (f"+{origin.split(':')[0]}" if origin else "")
+
+
+def run_folder(cfg: Config, origin: str = "") -> Path:
+    """<output>/<protocol>/<dataset>/<tag>-<setting hash>/shots<K>/seed<S>: a run whose trained
+    tensors come from elsewhere (`origin`) has its own folder, never a trained run's."""
     return (Path(cfg.output or "output") / cfg.protocol / dataset_label(cfg)
-            / f"{method_tag(cfg)}-{setting_hash(cfg)}" / f"shots{cfg.data.shots}" / f"seed{cfg.seed}")
+            / f"{run_tag(cfg, origin)}-{setting_hash(cfg, origin)}" / f"shots{cfg.data.shots}"
+            / f"seed{cfg.seed}")
 
 
 # --------------------------------------------------------------------------- files

@@ -11,7 +11,7 @@ import runfixtures as R
 from dcp.clip import build_model
 from dcp.config import load_config
 from dcp.methods import build_method
-from dcp.utils import atomic_torch_save
+from dcp.utils import atomic_torch_save, sha256_file
 
 
 def test_training_crop_scale_reaches_the_training_transform(run, tiny, tmp_path, monkeypatch):
@@ -172,9 +172,20 @@ def test_load_released_checkpoint(run, tiny, tmp_path):
     assert run.main(R.argv("coop", clip, data, a, "--eval-only", "--load-released",
                            str(tmp_path / "released"))) == 0
     assert run.main(R.argv("coop", clip, data, b, "--eval-only", "--model-dir", str(folder))) == 0
-    ma, mb = R.metrics(R.run_dir(a, "coop")), R.metrics(R.run_dir(b, "coop"))
+    ma, mb = R.metrics(R.run_dir(a, "coop+released")), R.metrics(R.run_dir(b, "coop+eval"))
     assert ma["released_checkpoint"] == str(tmp_path / "released")
     assert ma["results"] == mb["results"]
+    # tensors from elsewhere are recorded in folders of their own, marked, never a trained run's
+    assert ma["setting"]["origin"] == "released:sha256:" + sha256_file(dassl)
+    assert mb["setting"]["origin"] == "eval:sha256:" + sha256_file(folder / "final.pt")
+    assert not R.run_dir(a, "coop").exists() and not R.run_dir(b, "coop").exists()
+    assert run.main(R.argv("coop", clip, data, trained, "--eval-only", "--load-released",
+                           str(tmp_path / "released"))) == 0
+    assert R.metrics(folder)["eval_only"] is False                # the trained run is untouched
+    assert R.metrics(R.run_dir(trained, "coop+released"))["results"] == ma["results"]
+    init = tmp_path / "init"                                  # trained from the released ctx
+    assert run.main(R.argv("coop", clip, data, init, "--load-released", str(tmp_path / "released"))) == 0
+    assert R.metrics(R.run_dir(init, "coop+init_released"))["eval_only"] is False
 
     # a released checkpoint that does not fit (3 context vectors, the config has 4) fails
     # before any run folder is made

@@ -60,7 +60,7 @@ def test_two_processes_with_parameters_that_get_no_gradient(tiny, tmp_path):
     # one process evaluating the same weights with the same test batches: same predictions
     ev = tmp_path / "ev"
     assert R.load_run().main(["--eval-only", "--model-dir", str(folder), "--output", str(ev)]) == 0
-    assert R.metrics(R.run_dir(ev, "dcp_released", shots=3))["results"] == R.metrics(folder)["results"]
+    assert R.metrics(R.run_dir(ev, "dcp_released+eval", shots=3))["results"] == R.metrics(folder)["results"]
     # the tensors that got no gradient kept their initialisation; the others were trained
     cfg = load_config(folder / "config.yaml")
     torch.manual_seed(1)

@@ -72,14 +72,14 @@ def test_eval_only_reproduces_the_training_metrics(run, tiny, uninterrupted, tmp
     _, folder = uninterrupted
     # the run's own config.yaml (no --cfg), results into another output root
     assert run.main(["--eval-only", "--model-dir", str(folder), "--output", str(tmp_path)]) == 0
-    again = R.metrics(R.run_dir(tmp_path, "dcp"))
+    again = R.metrics(R.run_dir(tmp_path, "dcp+eval"))
     assert again["eval_only"] is True and again["weights"] == str(folder / "final.pt")
     assert again["results"] == R.metrics(folder)["results"]
     # without the speed-ups (77-token text, everything recomputed per batch): same predictions
     out2 = tmp_path / "slow"
     assert run.main(["--eval-only", "--model-dir", str(folder), "--output", str(out2),
                      "eval.speedups=false"]) == 0
-    slow = R.metrics(R.run_dir(out2, "dcp"))["results"]["data"]
+    slow = R.metrics(R.run_dir(out2, "dcp+eval"))["results"]["data"]
     assert slow["per_class_accuracy"] == R.metrics(folder)["results"]["data"]["per_class_accuracy"]
 
 
