@@ -354,8 +354,9 @@ def run_one(setting: Setting, cfg: Config, opts: RunOptions) -> Optional[dict]:
             model.load_released(opts.load_released)
             log.info("loaded the released-code checkpoint %s", opts.load_released)
         history, fewshot_info = [], None
-        if weights is not None:
+        if weights is not None:          # and the draw they were trained on, if recorded
             history = load_weights(model, weights, cfg.method.name)["history"]
+            fewshot_info = recorded_info(weights.parent / RunFolder.FEWSHOT)
             log.info("evaluating the trained tensors of %s", weights)
         elif setting.trainable and not opts.eval_only:
             history, fewshot_info = _train(setting, model, cfg, opts, folder, status)

@@ -74,6 +74,7 @@ def test_eval_only_reproduces_the_training_metrics(run, tiny, uninterrupted, tmp
     assert run.main(["--eval-only", "--model-dir", str(folder), "--output", str(tmp_path)]) == 0
     again = R.metrics(R.run_dir(tmp_path, "dcp+eval"))
     assert again["eval_only"] is True and again["weights"] == str(folder / "final.pt")
+    assert again["train"]["fewshot"] == R.metrics(folder)["train"]["fewshot"] is not None
     assert again["results"] == R.metrics(folder)["results"]
     # without the speed-ups (77-token text, everything recomputed per batch): same predictions
     out2 = tmp_path / "slow"

@@ -235,12 +235,13 @@ def _read_record(path: Path) -> dict:
 
 
 def recorded_info(path) -> Optional[dict]:
-    """The `fewshot_info` (shots, seed, mode, source) of a record, or None if there is none."""
+    """The `fewshot_info` (shots, seed, mode, source, record) of a record, or None if there is
+    none."""
     path = Path(path)
     if not path.is_file():
         return None
     doc = _read_record(path)
-    return {k: doc.get(k) for k in ("shots", "seed", "mode", "source")}
+    return {**{k: doc.get(k) for k in ("shots", "seed", "mode", "source")}, "record": str(path)}
 
 
 def load_fewshot(path, image_dir: Optional[str] = None) -> dict:
