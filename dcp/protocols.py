@@ -4,9 +4,10 @@ how `aggregate` tabulates runs; adding one is one registered class.
 
     markdown, csv_text = aggregate("output")   # mean ± population std over seeds, per protocol
 
-Runs are grouped by their whole setting (method tag and setting hash, `dcp.rundir`): seeds of
-different settings are never averaged; a tag with several settings is shown once per setting,
-marked with its hash.
+Seeds are averaged within one whole setting (method tag and setting hash, `dcp.rundir`), never
+across settings; a tag's settings on different datasets make one table with its average over
+the datasets, and a tag with several settings on one dataset is shown once per setting, marked
+with its hash.
 """
 from __future__ import annotations
 
@@ -212,16 +213,24 @@ def _mean_std(values: Sequence[float]) -> Stats:
 
 
 def _rows(table) -> List[Row]:
-    """Every protocol's rows with {protocol, method, setting, shots}; `method` carries the hash
-    where a tag has several settings."""
-    hashes: Dict[Tuple[str, str], set] = defaultdict(set)
-    for p, tag, h, _ in table:
-        hashes[(p, tag)].add(h)
-    rows = []
+    """Every protocol's rows with {protocol, method, setting, shots}. A tag's runs on different
+    datasets form one table (and its average over them); several settings of a tag on one
+    dataset are shown apart, the method marked with the setting hash."""
+    hashes: Dict[Tuple[str, str, str], set] = defaultdict(set)
+    for (p, tag, h, _), parts in table.items():
+        for source, _ in parts:
+            hashes[(p, tag, source)].add(h)
+    merged: Dict[tuple, Dict[Tuple[str, str], Stats]] = defaultdict(dict)
+    setting: Dict[tuple, str] = {}
     for (p, tag, h, shots), parts in sorted(table.items()):
-        label = tag if len(hashes[(p, tag)]) == 1 else f"{tag} [{h}]"
-        stats = {k: _mean_std(list(v.values())) for k, v in parts.items()}
-        rows += [{"protocol": p, "method": label, "setting": h, "shots": shots, **r}
+        for (source, part), seeds in parts.items():
+            label = tag if len(hashes[(p, tag, source)]) == 1 else f"{tag} [{h}]"
+            merged[(p, label, shots)][(source, part)] = _mean_std(list(seeds.values()))
+            setting[(p, label, shots, source)] = h
+    rows = []
+    for (p, label, shots), stats in sorted(merged.items()):
+        rows += [{"protocol": p, "method": label, "shots": shots,
+                  "setting": setting.get((p, label, shots, r["source"]), ""), **r}
                  for r in protocol(p).rows(stats)]
     return rows
 

@@ -3,6 +3,7 @@ against hand-computed numbers on run folders written as the engine writes them."
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 
@@ -13,7 +14,9 @@ from dcp.protocols import aggregate, harmonic_mean
 from dcp.rundir import RunFolder
 
 
-def _run(root, protocol, dataset, tag, shots, seed, results, setting_hash="0" * 16):
+def _run(root, protocol, dataset, tag, shots, seed, results, setting_hash=None):
+    # as in real runs, the setting hash covers the dataset (and the shots do not change it)
+    setting_hash = setting_hash or hashlib.sha256(f"{protocol}/{dataset}/{tag}".encode()).hexdigest()
     folder = root / protocol / dataset / f"{tag}-{setting_hash[:8]}" / f"shots{shots}" / f"seed{seed}"
     setting = {"protocol": protocol, "dataset": dataset, "tag": tag, "method": tag.split("_")[0],
                "shots": shots, "seed": seed, "setting_hash": setting_hash}
@@ -59,6 +62,10 @@ def test_aggregate_numbers(runs):
     check(("fewshot", "dtd", "coop", "16", "accuracy"), 62.0, pop_std, 3)
     check(("fewshot", "eurosat", "coop", "16", "accuracy"), 70.0, 0.0, 3)
     check(("fewshot", "average (2 datasets)", "coop", "16", "accuracy"), 66.0, None, 3)
+    # the datasets' settings differ (their hash covers the dataset): each row names its own
+    assert rows[("fewshot", "dtd", "coop", "16", "accuracy")]["setting"] == \
+        hashlib.sha256(b"fewshot/dtd/coop").hexdigest()
+    assert rows[("fewshot", "average (2 datasets)", "coop", "16", "accuracy")]["setting"] == ""
     check(("fewshot", "dtd", "coop", "1", "accuracy"), 40.0, 0.0, 1)
     assert ("fewshot", "average (1 datasets)", "coop", "1", "accuracy") not in rows
 
