@@ -199,6 +199,10 @@ def _train_epoch(net, loader, optimizer, scaler, cfg: Config, ctx: Context, epoc
         correct += int((logits.argmax(dim=-1) == y).sum())
         seen += len(y)
         bar.set(loss=loss_sum / seen, acc=100.0 * correct / seen, lr=lr)
+    if ctx.world > 1:                   # the epoch's history covers every process's share
+        total = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=ctx.device)
+        dist.all_reduce(total)
+        loss_sum, correct, seen = total[0].item(), int(total[1]), int(total[2])
     return {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
             "accuracy": 100.0 * correct / max(seen, 1), "lr": lr}
 

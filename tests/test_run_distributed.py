@@ -42,7 +42,8 @@ def test_two_processes_train_like_one(tiny, tmp_path):
     ma, mb = R.metrics(a), R.metrics(b)
     assert mb["results"] == ma["results"]
     for ha, hb in zip(ma["train"]["history"], mb["train"]["history"]):
-        assert hb["lr"] == ha["lr"]
+        assert hb["lr"] == ha["lr"] and hb["accuracy"] == ha["accuracy"]    # of every process
+        assert hb["loss"] == pytest.approx(ha["loss"], rel=1e-5)
     assert sorted(p.relative_to(two) for p in two.rglob("metrics.json")) == \
         [b.relative_to(two) / "metrics.json"]
     assert len(list(two.rglob("log.txt"))) == 1 and len(list(two.rglob("*.pt"))) == 1
