@@ -72,9 +72,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue interrupted runs")
     p.add_argument("--force", action="store_true",
                    help="start runs over even if their folder holds results")
-    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+    p.add_argument("--stop-after", type=_count, default=0, metavar="N",
                    help="stop after N epochs as if killed (to try --resume)")
     return p
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
+    return n
 
 
 def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -129,8 +137,13 @@ def aggregate_main(argv: Sequence[str]) -> int:
                                 description="mean ± std over seeds of every run under OUTPUT_ROOT; "
                                             "writes OUTPUT_ROOT/summary.md and summary.csv")
     p.add_argument("root", metavar="OUTPUT_ROOT")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="import a plugin file, e.g. one registering a protocol (repeatable; "
+                        "./plugins/*.py are always imported)")
     args = p.parse_args(argv)
     from dcp.protocols import aggregate
+    from dcp.registry import load_plugins
+    load_plugins(extra=args.plugin)
     md, text = aggregate(args.root)
     print(md)
     print(text, end="")
@@ -158,10 +171,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dcp.config import ConfigError
     from dcp.data import DatasetError
     from dcp.engine import Stopped
+    from dcp.registry import PluginError
     from dcp.released import ReleasedCheckpointError
     from dcp.rundir import RunError
     user_errors = (ConfigError, FileNotFoundError, DatasetError, CheckpointError, RunError,
-                   ReleasedCheckpointError)
+                   ReleasedCheckpointError, PluginError)
     try:
         if argv[:1] in (["aggregate"], ["demo"]):
             return (aggregate_main if argv[0] == "aggregate" else demo_main)(argv[1:])

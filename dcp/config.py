@@ -73,6 +73,8 @@ class DataConfig:
         _choice("subsample", self.subsample, ("all", "base", "new"))
         _choice("fewshot_draw", self.fewshot_draw, ("auto", "dassl", "per_class"))
         _choice("on_bad_image", self.on_bad_image, ("fail", "skip"))
+        if self.shots < -1:
+            raise ValueError(f"shots={self.shots}: K >= 1 images per class, or 0 / -1 for all")
         for key in ("num_workers", "image_size"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
@@ -299,15 +301,21 @@ def read_yaml(path: Union[str, Path], _seen: Sequence[Path] = ()) -> Dict[str, A
     path = Path(path)
     try:
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            kind = "is a folder, not a config file" if path.is_dir() else "not found"
+            raise ConfigError(f"config file {kind}: {path}")
         size = path.stat().st_size
         if size > MAX_YAML_BYTES:
             raise ConfigError(f"{path}: {size} bytes; a config file is at most {MAX_YAML_BYTES} bytes")
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader) or {}
     except OSError as e:            # unreadable, or a name too long
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e)[:300]}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid YAML: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: "
+                          f"{getattr(e, 'problem', None) or str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("_base_", None)

@@ -54,6 +54,10 @@ def resolve(cfg: Config, shots: int, seed: int) -> Config:
     """The config of one run: its shots and seed, the protocol's default test sets."""
     cfg = copy.deepcopy(cfg)
     cfg.seed, cfg.data.shots = seed, shots
+    try:
+        cfg.data.validate()                 # --shots bypasses the config file's checks
+    except ValueError as e:
+        raise ConfigError(f"data.{e}") from None
     problem = protocol(cfg.protocol).check(cfg)
     if problem:
         raise ConfigError(problem)

@@ -197,6 +197,10 @@ def _collect(runs: List[Tuple[Path, dict]]) -> Dict[tuple, Dict[Tuple[str, str],
     table: Dict[tuple, Dict] = defaultdict(lambda: defaultdict(dict))
     for path, doc in runs:
         s = doc["setting"]
+        if s["protocol"] not in PROTOCOLS:
+            log.warning("skipping %s: protocol %r is not registered (a plugin's? pass it with "
+                        "--plugin)", path, s["protocol"])
+            continue
         group = (s["protocol"], s["tag"], s.get("setting_hash", "?"), int(s["shots"]))
         for part, res in doc["results"].items():
             seeds = table[group][(s["dataset"], part)]
@@ -258,6 +262,17 @@ def _csv(rows: List[Row]) -> str:
     return buf.getvalue()
 
 
+def _complete(doc: Optional[dict]) -> bool:
+    """A metrics document with what the tables read: its setting and an accuracy per result."""
+    try:
+        s = doc["setting"]
+        return (all(isinstance(s[k], str) for k in ("protocol", "tag", "dataset"))
+                and isinstance(s["shots"], int) and isinstance(s["seed"], int)
+                and all(isinstance(r["accuracy"], (int, float)) for r in doc["results"].values()))
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
 def aggregate(root: Union[str, Path]) -> Tuple[str, str]:
     """Write `summary.md` and `summary.csv` into `root` (atomically); return their texts."""
     folder = Path(root)
@@ -266,7 +281,7 @@ def aggregate(root: Union[str, Path]) -> Tuple[str, str]:
     runs = []
     for path in sorted(folder.rglob(RunFolder.METRICS)):
         doc = read_metrics(path)
-        if doc is None:
+        if not _complete(doc):
             log.warning("skipping %s: not a complete dcp metrics file", path)
         else:
             runs.append((path, doc))

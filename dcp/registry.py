@@ -60,6 +60,14 @@ PROTOCOLS = Registry("protocol", ["dcp.protocols"])
 _loaded: set = set()        # plugin files and entry points imported so far
 
 
+class PluginError(RuntimeError):
+    """A plugin file or entry point that fails to import; the message names it."""
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
 def plugin_dirs() -> List[Path]:
     """`./plugins` and the checkout's `plugins/` (when the package runs from a checkout)."""
     return list(dict.fromkeys(d.resolve() for d in (Path.cwd() / "plugins", CHECKOUT_PLUGINS)
@@ -85,12 +93,20 @@ def load_plugins(extra: Iterable[str] = (), dirs: Optional[Sequence[Path]] = Non
             name = f"dcp_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
             spec = importlib.util.spec_from_file_location(name, path)
             sys.modules[name] = module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:
+                del sys.modules[name]
+                raise PluginError(f"plugin {path} fails to import: {type(e).__name__}: {_first_line(e)}") from e
             _loaded.add(path)
             done.append(str(path))
     for ep in importlib.metadata.entry_points(group="dcp.fusions") if entry_points else ():
         if f"entry point {ep.value}" not in _loaded:
-            ep.load()
+            try:
+                ep.load()
+            except Exception as e:
+                raise PluginError(f"plugin entry point {ep.name} = {ep.value} (group dcp.fusions) "
+                                  f"fails to import: {type(e).__name__}: {_first_line(e)}") from e
             _loaded.add(f"entry point {ep.value}")
             done.append(f"entry point {ep.name} = {ep.value}")
     for item in done:

@@ -40,6 +40,8 @@ def runs(tmp_path):
              dict(zip(("imagenet", "caltech101", "dtd"), accs)))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.json").write_text("{not json")
+    RunFolder(tmp_path / "incomplete").write_metrics({"results": {}})     # no setting
+    _run(tmp_path, "plugin_protocol", "dtd", "coop", 16, 1, {"dtd": 10.0})   # not registered
     return tmp_path
 
 
@@ -48,8 +50,11 @@ def _rows(text):
             for r in csv.DictReader(io.StringIO(text))}
 
 
-def test_aggregate_numbers(runs):
+def test_aggregate_numbers(runs, caplog):
     md, text = aggregate(runs)
+    assert "incomplete" in caplog.text and "broken" in caplog.text       # skipped, named
+    assert "protocol 'plugin_protocol' is not registered" in caplog.text
+    assert "plugin_protocol" not in text
     rows = _rows(text)
 
     def check(key, mean, std, seeds):

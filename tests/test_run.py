@@ -129,6 +129,21 @@ def test_bad_input_fails_with_one_clear_line(run, tiny, tmp_path, caplog, capsys
     assert "plug.py" in msg
     msg = _error(run, args("--load-released", str(tmp_path / "released")), caplog, capsys)
     assert "released" in msg
+    # one line each, naming the file, the key or the option
+    (tmp_path / "bad.yaml").write_text("optim:\n  lr: [0.1\n")
+    msg = R.run_error(run, args("--cfg", str(tmp_path / "bad.yaml")), caplog, capsys)
+    assert "bad.yaml: not valid YAML at line" in msg
+    msg = R.run_error(run, args("--cfg", str(tmp_path)), caplog, capsys)
+    assert "is a folder, not a config file" in msg
+    (tmp_path / "broken_plugin.py").write_text("def oops(:\n")
+    msg = R.run_error(run, args("--plugin", str(tmp_path / "broken_plugin.py")), caplog, capsys)
+    assert "broken_plugin.py fails to import: SyntaxError" in msg
+    (tmp_path / "raising_plugin.py").write_text("raise RuntimeError('no GPU here')\n")
+    msg = R.run_error(run, args("--plugin", str(tmp_path / "raising_plugin.py")), caplog, capsys)
+    assert "raising_plugin.py fails to import: RuntimeError: no GPU here" in msg
+    msg = R.run_error(run, args("--shots", "-3"), caplog, capsys)
+    assert "data.shots=-3" in msg
+    assert run.main(args("--stop-after", "-1")) == 2 and "must be >= 0" in capsys.readouterr().err
     assert not any(tmp_path.rglob("metrics.json"))
 
 
