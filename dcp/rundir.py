@@ -170,9 +170,10 @@ class RunFolder:
             os.close(fd)
 
     def clean(self) -> None:
-        """Remove the results of an earlier run (`--force`)."""
-        for p in (self.metrics, self.final, self.last, self.fewshot):
-            p.unlink(missing_ok=True)
+        """Remove the results of an earlier run (`--force`); the writer only."""
+        if self.writer:
+            for p in (self.metrics, self.final, self.last, self.fewshot):
+                p.unlink(missing_ok=True)
 
     def write_config(self, cfg: Config) -> None:
         with writing(self.config):

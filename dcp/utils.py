@@ -33,6 +33,12 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600
         os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):       # make the rename itself durable (POSIX)
+            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -338,6 +338,16 @@ def test_model_switches_are_only_set_by_the_constructor():
     assert {(f, name) for f, name, _ in found} == {("dcp/methods/base.py", "__init__")}, found
 
 
+def test_only_the_writer_cleans_a_run_folder(tmp_path):
+    """--force under DDP: ranks > 0 must not delete what rank 0 has just written."""
+    for name in ("metrics.json", "final.pt", "last.pt", "fewshot.json"):
+        (tmp_path / name).write_text("x")
+    RunFolder(tmp_path, writer=False).clean()
+    assert len(list(tmp_path.iterdir())) == 4
+    RunFolder(tmp_path).clean()
+    assert not list(tmp_path.iterdir())
+
+
 def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path):
     import os
     from dcp.utils import atomic_path, atomic_write_text
