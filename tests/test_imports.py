@@ -110,7 +110,7 @@ def test_the_run_machinery_reads_in_short_functions():
                 assert node.end_lineno - node.lineno < 50, f"{rel}: {node.name} is too long"
 
 
-SIZE_BUDGET = 6300      # lines of dcp/**/*.py; docs/design.md, "Size" says what they pay for
+SIZE_BUDGET = 6400      # lines of dcp/**/*.py; docs/design.md, "Size" says what they pay for
 
 
 def test_the_package_stays_within_its_size_budget():
