@@ -338,10 +338,15 @@ def run_one(setting: Setting, cfg: Config, opts: RunOptions) -> Optional[dict]:
     document (None when the folder already held a finished run, or on ranks > 0)."""
     ctx, train, source = setting.ctx, setting.train, origin(cfg, opts)
     folder = RunFolder(run_folder(cfg, source), writer=ctx.main)
+    folder.check_free()                 # a live run is "in use", not "unfinished"
+    seen = folder.status()
     status, weights = _decide(folder, opts, setting.trainable)
     if status is None:
         return None
     with folder.claim(), folder.logging():
+        if ctx.main and folder.status() != seen:
+            raise RunError(f"{folder.path} changed while this run started (another run finished "
+                           "or wrote in it): run the command again")
         if opts.force and not opts.eval_only:
             folder.clean()
         log.info("run %s: %s on %s, %s, %d shots, seed %d%s", folder.path, run_tag(cfg, source),

@@ -169,6 +169,16 @@ class RunFolder:
         finally:
             os.close(fd)
 
+    def check_free(self) -> None:
+        """RunError if another process holds this folder's lock (a run is working in it)."""
+        lock = self.path / self.LOCK
+        if self.writer and lock.is_file():
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                _lock(fd, self.path)            # and released with the descriptor
+            finally:
+                os.close(fd)
+
     def clean(self) -> None:
         """Remove the results of an earlier run (`--force`); the writer only."""
         if self.writer:

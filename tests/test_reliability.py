@@ -231,12 +231,36 @@ def test_a_folder_in_use_by_another_process_is_refused(run, tiny, tmp_path, capl
         msg = _error(run, args + ["--force"], caplog, capsys)
         assert "in use by another run" in msg and str(folder) in msg
         assert f"process {holder.pid}" in msg
+        (folder / "metrics.json").rename(folder / "kept.json")    # looks interrupted: still busy
+        (folder / "last.pt").write_bytes(b"")
+        msg = _error(run, args, caplog, capsys)
+        assert "in use by another run" in msg and "--resume" not in msg
+        (folder / "last.pt").unlink()
+        (folder / "kept.json").rename(folder / "metrics.json")
         assert (folder / "metrics.json").read_bytes() == before     # --force cleaned nothing
     finally:
         holder.kill()
         holder.wait()
         holder.stderr.close()
     assert run.main(args + ["--force"]) == 0                  # the lock died with its process
+
+
+def test_a_folder_finished_by_another_run_meanwhile_is_not_overwritten(run, tiny, tmp_path,
+                                                                       monkeypatch, caplog, capsys):
+    """Between this run's look at the folder and its lock, another run finished in it."""
+    import dcp.experiment
+    clip, data = tiny
+    decide = dcp.experiment._decide
+
+    def other_run_finishes_meanwhile(folder, opts, trainable):
+        out = decide(folder, opts, trainable)
+        folder.write_metrics({"setting": {}, "results": {}})
+        return out
+    monkeypatch.setattr(dcp.experiment, "_decide", other_run_finishes_meanwhile)
+    msg = _error(run, R.argv("zeroshot", clip, data, tmp_path / "out"), caplog, capsys)
+    assert "changed while this run started" in msg
+    assert R.metrics(R.run_dir(tmp_path / "out", "zeroshot")) == {
+        "format": "dcp-metrics-1", "setting": {}, "results": {}}          # left as it was
 
 
 # --------------------------------------------------------------------------- 3. divergence
