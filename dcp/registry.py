@@ -97,7 +97,8 @@ def load_plugins(extra: Iterable[str] = (), dirs: Optional[Sequence[Path]] = Non
                 spec.loader.exec_module(module)
             except Exception as e:
                 del sys.modules[name]
-                raise PluginError(f"plugin {path} fails to import: {type(e).__name__}: {_first_line(e)}") from e
+                raise PluginError(f"plugin {path} fails to import: "
+                                  f"{type(e).__name__}: {_first_line(e)}") from e
             _loaded.add(path)
             done.append(str(path))
     for ep in importlib.metadata.entry_points(group="dcp.fusions") if entry_points else ():
